@@ -1,0 +1,1049 @@
+#!/usr/bin/env python3
+"""Tests for bustd.py: python3 -m unittest -v
+
+Fake /proc trees are built in temporary directories.  Tests that kill only
+ever signal processes they started themselves (oom_score_adj 1000, their own
+session or cgroup); tests that need real memory pressure do it inside a
+memory cgroup of their own, with a small limit.
+"""
+import errno
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+BUSTD = os.path.join(HERE, 'bustd.py')
+sys.path.insert(0, HERE)
+import bustd  # noqa: E402
+
+GIB = 1024 * 1024   # KiB
+MIB = 1024
+
+
+# ----------------------------------------------------------------------------
+# Fixtures
+# ----------------------------------------------------------------------------
+
+class ListSink(object):
+    """A log sink that keeps (priority, message) pairs."""
+
+    def __init__(self):
+        self.lines = []
+
+    def write(self, priority, message):
+        self.lines.append((priority, message))
+
+    def reopen(self):
+        self.lines.append((6, 'reopened'))
+
+    def describe(self):
+        return 'a list'
+
+    def text(self):
+        return '\n'.join(m for _, m in self.lines)
+
+
+def make_log(verbose=False):
+    sink = ListSink()
+    return bustd.Log(sink, verbose), sink
+
+
+def stat_line(pid, name, state='S', ppid=100, pgrp=None, session=None, flags=0,
+              starttime=5000, rss_pages=256):
+    """Return /proc/PID/stat bytes in the kernel's layout (52 fields)."""
+    fields = [state, ppid, pgrp if pgrp is not None else pid,
+              session if session is not None else pid, 0, -1, flags,
+              0, 0, 0, 0, 1, 1, 0, 0, 20, 0, 1, 0, starttime, 10 << 20, rss_pages]
+    fields += [0] * (52 - 2 - len(fields))
+    return ('%d (%s) ' % (pid, name) + ' '.join(str(f) for f in fields) + '\n').encode()
+
+
+class FakeProc(object):
+    """A fake /proc tree: meminfo, PSI, zoneinfo and processes."""
+
+    def __init__(self, root):
+        self.root = root
+        os.makedirs(os.path.join(root, 'pressure'), exist_ok=True)
+        self.meminfo(total_kib=8 * GIB, avail_kib=6 * GIB)
+        self.psi(0.0)
+
+    def write(self, rel, data, mode='wb'):
+        path = os.path.join(self.root, rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        # Write then rename: a reader never sees a half-written file.
+        tmp = path + '.tmp'
+        with open(tmp, mode) as f:
+            f.write(data)
+        os.rename(tmp, path)
+
+    def meminfo(self, total_kib, avail_kib, swap_total_kib=0, swap_free_kib=0,
+                with_available=True, free_kib=None, cached_kib=0, buffers_kib=0, shmem_kib=0):
+        free = avail_kib if free_kib is None else free_kib
+        lines = ['MemTotal:       %d kB' % total_kib, 'MemFree:        %d kB' % free]
+        if with_available:
+            lines.append('MemAvailable:   %d kB' % avail_kib)
+        lines += ['Buffers:        %d kB' % buffers_kib, 'Cached:         %d kB' % cached_kib,
+                  'SwapCached:            0 kB', 'Shmem:          %d kB' % shmem_kib,
+                  'SwapTotal:      %d kB' % swap_total_kib,
+                  'SwapFree:       %d kB' % swap_free_kib, 'HugePages_Total:       0']
+        self.write('meminfo', ('\n'.join(lines) + '\n').encode())
+
+    def psi(self, some_avg10, full_avg10=0.0):
+        self.write('pressure/memory', (
+            'some avg10=%.2f avg60=0.00 avg300=0.00 total=1\n'
+            'full avg10=%.2f avg60=0.00 avg300=0.00 total=1\n' % (some_avg10, full_avg10)
+        ).encode())
+
+    def add(self, pid, name='worker', oom_score=100, adj=0, uid=None, cmdline=None, **stat):
+        d = os.path.join(self.root, str(pid))
+        os.makedirs(d, exist_ok=True)
+        self.write('%d/stat' % pid, stat_line(pid, name, **stat))
+        self.write('%d/oom_score' % pid, ('%d\n' % oom_score).encode())
+        self.write('%d/oom_score_adj' % pid, ('%d\n' % adj).encode())
+        self.write('%d/cmdline' % pid, (cmdline if cmdline is not None
+                                        else name.encode() + b'\0'))
+        if uid is not None:
+            os.chown(d, uid, uid)
+
+    def remove(self, pid):
+        shutil.rmtree(os.path.join(self.root, str(pid)))
+
+    def link(self, pid):
+        """Make pid's entry the real /proc/PID (a process the test started)."""
+        os.symlink('/proc/%d' % pid, os.path.join(self.root, str(pid)))
+
+
+class TempDirTest(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix='bustd-test-')
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+        self.proc = FakeProc(os.path.join(self.tmp, 'proc'))
+
+
+def settings(proc, **overrides):
+    overrides.setdefault('daemon', False)
+    return bustd.Settings(proc=proc.root if isinstance(proc, FakeProc) else proc, **overrides)
+
+
+def no_kernel_calls():
+    calls = bustd.KernelCalls()
+    return calls
+
+
+VICTIM_CODE = textwrap.dedent('''
+    import os, signal, sys, time
+    with open('/proc/self/oom_score_adj', 'w') as f:
+        f.write('1000')
+    if 'ignore-term' in sys.argv:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sys.stdout.write('ready\\n')
+    sys.stdout.flush()
+    while True:
+        time.sleep(1)
+''')
+
+
+def start_victim(*args, **popen):
+    """Start a test-owned sleeper with oom_score_adj 1000; return its Popen once ready."""
+    child = subprocess.Popen([sys.executable, '-c', VICTIM_CODE] + list(args),
+                             stdout=subprocess.PIPE, **popen)
+    assert child.stdout.readline() == b'ready\n'
+    return child
+
+
+def stop(child):
+    """Cleanup: SIGKILL a test-owned child if it still runs, and reap it."""
+    if child.poll() is None:
+        child.kill()
+    child.wait()
+    if child.stdout is not None:
+        child.stdout.close()
+
+
+def reap(child, timeout=10):
+    """Kill (if needed) and wait for a test-owned child; return its returncode."""
+    try:
+        return child.wait(timeout)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        return child.wait()
+
+
+# ----------------------------------------------------------------------------
+# Pure parsers
+# ----------------------------------------------------------------------------
+
+class ParseStatTest(unittest.TestCase):
+    def test_hostile_names(self):
+        cases = [
+            ('bash', 'bash'),
+            ('a b', 'a b'),
+            ('x) R 1 (y', 'x) R 1 (y'),
+            ('))((', '))(('),
+            ('new\nline', 'new\nline'),
+            ('', ''),
+        ]
+        for name, expected in cases:
+            with self.subTest(name=name):
+                st = bustd.parse_stat(stat_line(42, name, state='R', ppid=7, pgrp=9,
+                                                session=11, flags=bustd.PF_EXITING,
+                                                starttime=123456, rss_pages=99))
+                self.assertEqual(st.name, expected)
+                self.assertEqual((st.pid, st.state, st.ppid, st.pgrp, st.session),
+                                 (42, 'R', 7, 9, 11))
+                self.assertEqual((st.flags, st.starttime, st.rss_pages),
+                                 (bustd.PF_EXITING, 123456, 99))
+
+    def test_malformed(self):
+        for data in (b'', b'garbage', b'12 (x', b'12 (x) S 1 2', b'x (y) S ' + b'1 ' * 30):
+            with self.subTest(data=data):
+                self.assertIsNone(bustd.parse_stat(data))
+
+    def test_real_stat_of_this_process(self):
+        with open('/proc/self/stat', 'rb') as f:
+            st = bustd.parse_stat(f.read())
+        self.assertEqual(st.pid, os.getpid())
+        self.assertEqual(st.ppid, os.getppid())
+        self.assertEqual(st.pgrp, os.getpgrp())
+
+
+class ParseMeminfoTest(unittest.TestCase):
+    def test_fields_in_kib(self):
+        fields = bustd.parse_meminfo(b'MemTotal:  1000 kB\nMemAvailable: 250 kB\n'
+                                     b'HugePages_Total:  3\nbad line\n\n')
+        self.assertEqual(fields, {'MemTotal': 1000, 'MemAvailable': 250, 'HugePages_Total': 3})
+
+    def test_memory_stat_format(self):
+        fields = bustd.parse_meminfo(b'cache 4096\nactive_file 8192\ntotal_rss 1\n')
+        self.assertEqual(fields['active_file'], 8192)
+        self.assertEqual(fields['total_rss'], 1)
+
+    def test_available_estimate_on_old_kernels(self):
+        cases = [
+            ({'MemAvailable': 5, 'MemFree': 100}, 5),
+            ({'MemFree': 100, 'Cached': 50, 'Buffers': 10, 'Shmem': 20}, 140),
+            ({'MemFree': 10, 'Shmem': 50}, 0),
+        ]
+        for fields, expected in cases:
+            with self.subTest(fields=fields):
+                self.assertEqual(bustd.available_kib(fields), expected)
+
+
+class ParsePsiTest(unittest.TestCase):
+    def test_cases(self):
+        cases = [
+            (b'some avg10=1.50 avg60=0.00 avg300=0.00 total=5\n'
+             b'full avg10=0.25 avg60=0.00 avg300=0.00 total=2\n', (1.5, 0.25)),
+            (b'some avg10=99.99 avg60=1 avg300=1 total=1\n', (99.99, None)),
+            (b'', (None, None)),
+            (b'some avg10=abc\n', (None, None)),
+            (b'garbage\x00\xff\n', (None, None)),
+        ]
+        for data, expected in cases:
+            with self.subTest(data=data):
+                self.assertEqual(bustd.parse_psi(data), expected)
+
+
+class ParseSizesTest(unittest.TestCase):
+    def test_sizes_kib(self):
+        cases = [('1024', 1024), ('512M', 512 * 1024), ('1G', GIB), ('1.5g', GIB * 3 // 2),
+                 ('512MiB', 512 * 1024), ('64k', 64), ('2T', 2 * 1024 ** 3), (' 10M ', 10240),
+                 ('100MB', 100 * 1024)]
+        for text, expected in cases:
+            with self.subTest(text=text):
+                self.assertEqual(bustd.parse_size_kib(text), expected)
+
+    def test_bad_sizes(self):
+        for text in ('', 'M', 'abc', '-5M', '1X', '1.2.3G', 'nan'):
+            with self.subTest(text=text):
+                with self.assertRaises(ValueError):
+                    bustd.parse_size_kib(text)
+
+    def test_percent_pairs(self):
+        cases = [('10', (10.0, 5.0)), ('10,5', (10.0, 5.0)), ('20,18', (20.0, 18.0)),
+                 ('100', (100.0, 50.0)), ('0', (0.0, 0.0)), ('7%', (7.0, 3.5))]
+        for text, expected in cases:
+            with self.subTest(text=text):
+                self.assertEqual(bustd.parse_pair(text, bustd.parse_percent), expected)
+
+    def test_bad_percent_pairs(self):
+        for text in ('120', '-1', 'abc', '5,10', '10,', ',5', '10,5,1'):
+            with self.subTest(text=text):
+                with self.assertRaises(ValueError):
+                    bustd.parse_pair(text, bustd.parse_percent)
+
+    def test_size_pairs(self):
+        self.assertEqual(bustd.parse_pair('1G', bustd.parse_size_kib), (GIB, GIB / 2))
+        self.assertEqual(bustd.parse_pair('1G,256M', bustd.parse_size_kib), (GIB, 256 * MIB))
+
+
+class ParseMiscTest(unittest.TestCase):
+    def test_zoneinfo_reserve(self):
+        zoneinfo = textwrap.dedent('''\
+            Node 0, zone      DMA
+              pages free     3840
+                    min      13
+                    low      16
+                    high     19
+                    managed  3840
+                    protection: (0, 2000, 3000, 3000)
+              pagesets
+                cpu: 0
+                          count: 0
+                          high:  500
+            Node 0, zone    DMA32
+              pages free     100
+                    high     700
+                    managed  500000
+                    protection: (0, 0, 1000, 1000)
+            Node 0, zone   Normal
+                    high     100
+                    managed  50
+                    protection: (0, 0, 0, 0)
+            ''').encode()
+        # DMA: 19 + 3000; DMA32: 700 + 1000; Normal: min(100, 50 managed) -> 50
+        self.assertEqual(bustd.parse_zoneinfo_reserve_kib(zoneinfo, 4),
+                         (3019 + 1700 + 50) * 4)
+        self.assertEqual(bustd.parse_zoneinfo_reserve_kib(b''), 0)
+
+    def test_zoneinfo_of_this_machine_is_a_lower_bound_gap(self):
+        with open('/proc/zoneinfo', 'rb') as f:
+            reserve = bustd.parse_zoneinfo_reserve_kib(f.read())
+        with open('/proc/meminfo', 'rb') as f:
+            fields = bustd.parse_meminfo(f.read())
+        self.assertGreater(reserve, 0)
+        # MemAvailable >= MemFree - totalreserve (the kernel's formula).
+        self.assertGreaterEqual(fields['MemAvailable'] + 64 * MIB, fields['MemFree'] - reserve)
+
+    def test_glob_match(self):
+        cases = [
+            ('sshd', 'sshd', True), ('sshd', 'sshd2', False), ('systemd*', 'systemd-journal', True),
+            ('systemd-*', 'systemd', False), ('*', '', True), ('a*b*c', 'aXXbYYc', True),
+            ('a*b*c', 'aXXbYY', False), ('?ash', 'bash', True), ('?ash', 'ash', False),
+            ('[bd]ash', 'dash', True), ('[!bd]ash', 'dash', False), ('[a-c]at', 'bat', True),
+            ('[a-c]at', 'rat', False), ('*.py', 'x.py', True), ('x', 'X', False),
+            ('**', 'abc', True), ('a[', 'a[', True),
+        ]
+        import fnmatch
+        for pattern, text, expected in cases:
+            with self.subTest(pattern=pattern, text=text):
+                self.assertEqual(bustd.glob_match(pattern, text), expected)
+                self.assertEqual(fnmatch.fnmatchcase(text, pattern), expected)
+
+    def test_printable(self):
+        self.assertEqual(bustd.printable('a\nb\x1b'), 'a\\x0ab\\x1b')
+        self.assertEqual(bustd.printable('x' * 10, 4), 'xxxx...')
+
+    def test_format_kib(self):
+        cases = [(0, '0 KiB'), (1023, '1023 KiB'), (1024, '1.0 MiB'), (3 * GIB + GIB // 10, '3.1 GiB')]
+        for kib, text in cases:
+            self.assertEqual(bustd.format_kib(kib), text)
+
+    def test_cap_eff(self):
+        self.assertEqual(bustd.parse_cap_eff('Name:\tx\nCapEff:\t0000000000000020\n'), 1 << 5)
+        self.assertEqual(bustd.parse_cap_eff('nothing'), 0)
+        self.assertTrue(bustd.has_cap(1 << bustd.CAP_KILL, bustd.CAP_KILL))
+        self.assertFalse(bustd.has_cap(1 << bustd.CAP_KILL, bustd.CAP_IPC_LOCK))
+
+
+# ----------------------------------------------------------------------------
+# Policy (when): thresholds, decide, sleep_time
+# ----------------------------------------------------------------------------
+
+def reading(total=8 * GIB, avail=6 * GIB, swap_total=0, swap_free=0, psi=None, exact=True):
+    r = bustd.Reading()
+    r.mem_total_kib, r.mem_available_kib = total, avail
+    r.mem_free_kib = avail
+    r.swap_total_kib, r.swap_free_kib = swap_total, swap_free
+    r.psi_some_avg10 = psi
+    r.exact = exact
+    return r
+
+
+class ThresholdsTest(unittest.TestCase):
+    def th(self, total=1000 * MIB, swap=0, **kw):
+        return bustd.compute_thresholds(bustd.Settings(**kw), total, swap)
+
+    def test_defaults(self):
+        th = self.th(swap=2000 * MIB)
+        self.assertEqual((th.mem_term_kib, th.mem_kill_kib), (100 * MIB, 50 * MIB))
+        self.assertEqual((th.swap_term_kib, th.swap_kill_kib), (200 * MIB, 100 * MIB))
+        self.assertEqual(th.psi_mem_max_kib, 150 * MIB)
+        self.assertEqual(th.trigger_kib, 150 * MIB)
+
+    def test_percent_and_size_lower_wins(self):
+        th = self.th(mem_percent=(10, 5), mem_size_kib=(64 * MIB, 8 * MIB))
+        self.assertEqual((th.mem_term_kib, th.mem_kill_kib), (64 * MIB, 8 * MIB))
+        th = self.th(mem_percent=(10, 5), mem_size_kib=(900 * MIB, 800 * MIB))
+        self.assertEqual((th.mem_term_kib, th.mem_kill_kib), (100 * MIB, 50 * MIB))
+
+    def test_psi_off_and_warn_raise_trigger(self):
+        th = self.th(psi_avg10=None)
+        self.assertEqual(th.trigger_kib, th.mem_term_kib)
+        th = self.th(psi_avg10=None, warn_percent=30)
+        self.assertEqual(th.trigger_kib, 300 * MIB)
+
+
+class DecideTest(unittest.TestCase):
+    def test_table(self):
+        th = bustd.compute_thresholds(bustd.Settings(), 1000 * MIB, 0)
+        th_swap = bustd.compute_thresholds(bustd.Settings(), 1000 * MIB, 1000 * MIB)
+        T, K = signal.SIGTERM, signal.SIGKILL
+        cases = [
+            # name, thresholds, reading, expected
+            ('plenty', th, reading(1000 * MIB, 500 * MIB), 0),
+            ('just above term', th, reading(1000 * MIB, 100 * MIB + 1), 0),
+            ('at term', th, reading(1000 * MIB, 100 * MIB), T),
+            ('between', th, reading(1000 * MIB, 60 * MIB), T),
+            ('at kill', th, reading(1000 * MIB, 50 * MIB), K),
+            ('zero', th, reading(1000 * MIB, 0), K),
+            ('swap still free', th_swap, reading(1000 * MIB, 10 * MIB, 1000 * MIB, 500 * MIB), 0),
+            ('swap low too', th_swap, reading(1000 * MIB, 90 * MIB, 1000 * MIB, 100 * MIB), T),
+            ('swap at kill, mem term', th_swap, reading(1000 * MIB, 90 * MIB, 1000 * MIB, 10 * MIB), T),
+            ('both at kill', th_swap, reading(1000 * MIB, 40 * MIB, 1000 * MIB, 40 * MIB), K),
+            ('mem kill, swap term', th_swap, reading(1000 * MIB, 40 * MIB, 1000 * MIB, 80 * MIB), T),
+            ('mem kill, swap above term', th_swap, reading(1000 * MIB, 40 * MIB, 1000 * MIB, 150 * MIB), 0),
+            ('psi high, mem below psi max', th, reading(1000 * MIB, 140 * MIB, psi=30.0), T),
+            ('psi at level', th, reading(1000 * MIB, 140 * MIB, psi=25.0), T),
+            ('psi high, mem above psi max', th, reading(1000 * MIB, 200 * MIB, psi=90.0), 0),
+            ('psi low', th, reading(1000 * MIB, 140 * MIB, psi=24.9), 0),
+            ('psi unknown', th, reading(1000 * MIB, 140 * MIB, psi=None), 0),
+            ('psi with swap free', th_swap, reading(1000 * MIB, 140 * MIB, 1000 * MIB, 900 * MIB, psi=50.0), T),
+        ]
+        for name, thresholds, r, expected in cases:
+            with self.subTest(name):
+                self.assertEqual(bustd.decide(r, thresholds), expected)
+
+    def test_psi_off(self):
+        th = bustd.compute_thresholds(bustd.Settings(psi_avg10=None), 1000 * MIB, 0)
+        self.assertEqual(bustd.decide(reading(1000 * MIB, 140 * MIB, psi=99.0), th), 0)
+
+    def test_trigger_text(self):
+        th = bustd.compute_thresholds(bustd.Settings(), 1000 * MIB, 0)
+        text = bustd.describe_trigger(reading(1000 * MIB, 40 * MIB, psi=3.0), th)
+        self.assertIn('mem_available=40.0MiB(4.0%)', text)
+        self.assertIn('swap=none', text)
+        self.assertIn('psi_some_avg10=3.00', text)
+
+
+class SleepTimeTest(unittest.TestCase):
+    def test_table(self):
+        th = bustd.compute_thresholds(bustd.Settings(), 16 * GIB, 0)
+        th_swap = bustd.compute_thresholds(bustd.Settings(), 16 * GIB, 16 * GIB)
+        fill = float(bustd.MEM_FILL_RATE_KIB_S)
+        cases = [
+            ('far away: ceiling', th, reading(16 * GIB, 15 * GIB), bustd.POLL_CEILING_S),
+            ('at the threshold: floor', th, reading(16 * GIB, th.mem_term_kib), bustd.POLL_FLOOR_S),
+            ('below: floor', th, reading(16 * GIB, 0), bustd.POLL_FLOOR_S),
+            ('headroom / fill rate', th, reading(16 * GIB, th.mem_term_kib + 2 * GIB),
+             2 * GIB / fill),
+            ('swap headroom adds', th_swap,
+             reading(16 * GIB, th.mem_term_kib + 1 * GIB, 16 * GIB, th_swap.swap_term_kib + 100 * MIB),
+             1 * GIB / fill + 100 * MIB / float(bustd.SWAP_FILL_RATE_KIB_S)),
+        ]
+        for name, thresholds, r, expected in cases:
+            with self.subTest(name):
+                self.assertAlmostEqual(bustd.sleep_time_s(r, thresholds), expected, places=6)
+
+    def test_a_hog_at_the_fill_rate_is_seen_before_it_passes_the_kill_level(self):
+        # Simulate polling while memory drains at the worst-case fill rate.
+        th = bustd.compute_thresholds(bustd.Settings(), 1 * GIB, 0)
+        avail, t = float(1 * GIB), 0.0
+        rate = bustd.MEM_FILL_RATE_KIB_S
+        while True:
+            sig = bustd.decide(reading(1 * GIB, int(avail)), th)
+            if sig:
+                break
+            dt = bustd.sleep_time_s(reading(1 * GIB, int(avail)), th)
+            t += dt
+            avail -= rate * dt
+        self.assertGreater(avail, th.mem_term_kib - rate * bustd.POLL_FLOOR_S - 1)
+
+
+# ----------------------------------------------------------------------------
+# Kernel readers
+# ----------------------------------------------------------------------------
+
+class MachineSensorTest(TempDirTest):
+    def test_exact_reading(self):
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=3 * GIB, swap_total_kib=GIB,
+                          swap_free_kib=512 * MIB)
+        sensor = bustd.MachineSensor(self.proc.root)
+        self.assertEqual(sensor.check(), [])
+        r = sensor.read_exact(bustd.Reading())
+        self.assertEqual((r.mem_total_kib, r.mem_available_kib, r.swap_total_kib, r.swap_free_kib),
+                         (8 * GIB, 3 * GIB, GIB, 512 * MIB))
+        self.assertTrue(r.exact)
+        self.assertEqual(r.psi_some_avg10, 0.0)
+
+    def test_old_kernel_without_memavailable(self):
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=0, with_available=False, free_kib=GIB,
+                          cached_kib=GIB, buffers_kib=MIB, shmem_kib=2 * MIB)
+        sensor = bustd.MachineSensor(self.proc.root)
+        warnings = sensor.check()
+        self.assertEqual(len(warnings), 1)
+        self.assertIn('MemAvailable', warnings[0])
+        self.assertEqual(sensor.read_exact(bustd.Reading()).mem_available_kib, 2 * GIB - MIB)
+
+    def test_no_psi_is_one_warning_and_no_reading(self):
+        os.unlink(os.path.join(self.proc.root, 'pressure/memory'))
+        sensor = bustd.MachineSensor(self.proc.root)
+        warnings = sensor.check()
+        self.assertEqual(len(warnings), 1)
+        self.assertIn('PSI', warnings[0])
+        self.assertIsNone(sensor.read_exact(bustd.Reading()).psi_some_avg10)
+
+    def test_odd_psi_file_does_not_crash(self):
+        self.proc.write('pressure/memory', b'\xff\xfe nonsense')
+        sensor = bustd.MachineSensor(self.proc.root)
+        sensor.check()
+        self.assertIsNone(sensor.read_exact(bustd.Reading()).psi_some_avg10)
+
+    def test_missing_meminfo_is_an_environment_problem(self):
+        os.unlink(os.path.join(self.proc.root, 'meminfo'))
+        with self.assertRaises(bustd.EnvironmentProblem) as cm:
+            bustd.MachineSensor(self.proc.root).check()
+        self.assertIn('meminfo', str(cm.exception))
+
+    def test_psi_read_only_where_the_rule_can_apply(self):
+        self.proc.psi(40.0)
+        sensor = bustd.MachineSensor(self.proc.root)
+        sensor.check()
+        th = bustd.compute_thresholds(bustd.Settings(), 8 * GIB, 0)
+        self.proc.meminfo(8 * GIB, 6 * GIB)
+        self.assertIsNone(sensor.read(bustd.Reading(), th).psi_some_avg10)
+        self.proc.meminfo(8 * GIB, GIB)
+        self.assertEqual(sensor.read(bustd.Reading(), th).psi_some_avg10, 40.0)
+
+    def test_cheap_path_reads_meminfo_only_near_a_threshold(self):
+        """With sysinfo, /proc/meminfo is read only when MemFree - reserve is near a level."""
+        calls = bustd.KernelCalls()
+        free = {'kib': 6 * GIB}
+
+        def fake_sysinfo(r):
+            r.mem_total_kib, r.mem_free_kib = 8 * GIB, free['kib']
+            r.swap_total_kib = r.swap_free_kib = 0
+        calls.sysinfo = fake_sysinfo
+        sensor = bustd.MachineSensor(self.proc.root, calls)
+        sensor.sysinfo = fake_sysinfo      # normally only for the real /proc
+        sensor.reserve_kib = 100 * MIB
+        th = bustd.compute_thresholds(bustd.Settings(), 8 * GIB, 0)
+        self.proc.meminfo(8 * GIB, 300 * MIB)   # what an exact read would say
+        r = sensor.read(bustd.Reading(), th)
+        self.assertFalse(r.exact)
+        self.assertEqual(r.mem_available_kib, 6 * GIB - 100 * MIB)
+        free['kib'] = th.trigger_kib + 100 * MIB    # lower bound == trigger: read exactly
+        r = sensor.read(bustd.Reading(), th)
+        self.assertTrue(r.exact)
+        self.assertEqual(r.mem_available_kib, 300 * MIB)
+
+    def test_real_sysinfo_matches_meminfo(self):
+        calls = bustd.load_kernel_calls()
+        if calls.sysinfo is None:
+            self.skipTest('no ctypes sysinfo here: %s' % calls.missing)
+        r = bustd.Reading()
+        calls.sysinfo(r)
+        with open('/proc/meminfo', 'rb') as f:
+            fields = bustd.parse_meminfo(f.read())
+        self.assertEqual(r.mem_total_kib, fields['MemTotal'])
+        self.assertEqual(r.swap_total_kib, fields['SwapTotal'])
+        self.assertAlmostEqual(r.mem_free_kib, fields['MemFree'], delta=256 * MIB)
+
+
+# ----------------------------------------------------------------------------
+# Victim selection
+# ----------------------------------------------------------------------------
+
+class SelectionTest(TempDirTest):
+    def scan(self, **kw):
+        s = settings(self.proc, **kw)
+        policy = bustd.Policy(s, kw.pop('only_uid', None) if 'only_uid' in kw else None)
+        return bustd.scan_processes(s.proc, policy)
+
+    def victim(self, **kw):
+        victim, _ = bustd.pick_victim(self.scan(**kw), kw.get('sort_by_rss', False))
+        return victim and victim.pid
+
+    def test_highest_oom_score_wins(self):
+        self.proc.add(10, oom_score=100)
+        self.proc.add(11, oom_score=900)
+        self.proc.add(12, oom_score=500)
+        self.assertEqual(self.victim(), 11)
+
+    def test_ties_go_to_the_larger_rss(self):
+        self.proc.add(10, oom_score=700, rss_pages=10)
+        self.proc.add(11, oom_score=700, rss_pages=5000)
+        self.proc.add(12, oom_score=700, rss_pages=20)
+        self.assertEqual(self.victim(), 11)
+
+    def test_never_killed(self):
+        cases = [
+            ('init', dict(pid=1, oom_score=2000)),
+            ('kthreadd', dict(pid=2, ppid=0, oom_score=2000)),
+            ('kernel thread by parent', dict(pid=30, ppid=2, oom_score=2000)),
+            ('kernel thread by flag', dict(pid=31, ppid=1, flags=bustd.PF_KTHREAD, oom_score=2000)),
+            ('zombie', dict(pid=32, state='Z', oom_score=2000)),
+            ('dead', dict(pid=33, state='X', oom_score=2000)),
+            ('exiting', dict(pid=34, flags=bustd.PF_EXITING, oom_score=2000)),
+            ('oom_score_adj -1000', dict(pid=35, adj=-1000, oom_score=2000)),
+            ('bustd itself', dict(pid=os.getpid(), oom_score=2000)),
+        ]
+        for name, spec in cases:
+            with self.subTest(name):
+                self.proc.add(10, oom_score=5)
+                pid = spec.pop('pid')
+                self.proc.add(pid, **spec)
+                self.assertEqual(self.victim(), 10)
+                self.proc.remove(pid)
+
+    def test_kernel_threads_are_not_even_listed(self):
+        self.proc.add(30, ppid=2, name='kworker/0:1')
+        self.proc.add(10)
+        self.assertEqual([p.pid for p in self.scan()], [10])
+
+    def test_vanishing_and_unreadable_entries_are_skipped(self):
+        self.proc.add(10, oom_score=100)
+        self.proc.add(11, oom_score=900)
+        os.unlink(os.path.join(self.proc.root, '11/oom_score'))   # vanished mid-scan
+        os.makedirs(os.path.join(self.proc.root, '12'))            # hidepid: nothing readable
+        self.proc.add(13, oom_score=950)
+        self.proc.write('13/stat', b'13 (broken')                  # torn read
+        os.makedirs(os.path.join(self.proc.root, 'self'))
+        self.assertEqual(self.victim(), 10)
+
+    def test_hostile_names_survive_scan_and_logging(self):
+        self.proc.add(10, name='evil) Z 1 (x\n', oom_score=900, rss_pages=1)
+        victim = self.victim()
+        self.assertEqual(victim, 10)
+        p = self.scan()[0]
+        self.assertEqual(p.name, 'evil) Z 1 (x\n')
+        self.assertEqual(p.state, 'S')
+        line = bustd.kill_line(signal.SIGTERM, p, 'x')
+        self.assertNotIn('\n', line)
+
+    def test_nothing_killable(self):
+        self.proc.add(1, oom_score=10)
+        self.proc.add(20, name='sshd', oom_score=900)
+        self.assertIsNone(self.victim())
+
+    def test_empty_or_unreadable_proc(self):
+        s = settings(os.path.join(self.tmp, 'nope'))
+        self.assertEqual(bustd.scan_processes(s.proc, bustd.Policy(s)), [])
+
+
+# ----------------------------------------------------------------------------
+# Who may be killed: lists, preferences, matching (issue 4)
+# ----------------------------------------------------------------------------
+
+class PolicyTest(TempDirTest):
+    def setUp(self):
+        TempDirTest.setUp(self)
+        add = self.proc.add
+        add(100, name='firefox', oom_score=600, rss_pages=9000, uid=1000,
+            cmdline=b'/usr/lib/firefox/firefox\0-contentproc\0')
+        add(101, name='sshd', oom_score=900, rss_pages=100, cmdline=b'sshd: alice\0')
+        add(102, name='java', oom_score=700, rss_pages=5000, uid=1000,
+            cmdline=b'java\0-jar\0/srv/build-server.jar\0')
+        add(103, name='java', oom_score=650, rss_pages=20000, uid=1000,
+            cmdline=b'java\0-jar\0/srv/ide.jar\0')
+        add(104, name='Xorg', oom_score=800, rss_pages=3000, uid=0)
+        add(105, name='cc1plus', oom_score=500, rss_pages=4000, uid=1000)
+        add(106, name='dpkg', oom_score=1000, rss_pages=300)
+
+    def pick(self, argv=(), **kw):
+        s = bustd.parse_settings(list(argv) + ['--proc', self.proc.root])
+        for k, v in kw.items():
+            setattr(s, k, v)
+        policy = bustd.Policy(s)
+        processes = bustd.scan_processes(s.proc, policy)
+        victim, skipped = bustd.pick_victim(processes, s.sort_by_rss)
+        return victim.pid if victim else None, [p.pid for p in skipped]
+
+    def test_table(self):
+        cases = [
+            # argv, expected victim, expected skipped protected (outranking it)
+            ((), 104, [106, 101]),                       # dpkg and sshd are default-protected
+            (('--no-default-unkillables',), 106, []),
+            (('-u', 'Xorg'), 102, [106, 101, 104]),
+            (('-u', 'Xorg|java'), 100, [106, 101, 104, 102, 103]),
+            (('-u', 'Xorg', '-u', 'java'), 100, [106, 101, 104, 102, 103]),
+            (('-u', 'X*'), 102, [106, 101, 104]),
+            (('--ignore', '^(Xorg|java)$'), 100, [106, 101, 104, 102, 103]),
+            (('--ignore', 'org'), 102, [106, 101, 104]),                # regex search
+            (('-u', 'org'), 104, [106, 101]),                           # glob is whole-name
+            (('--ignore-root-user',), 102, [106, 101, 104]),
+            (('--prefer', '^cc1'), 105, [106, 101]),                    # 500 + 300 = 800, RSS beats Xorg
+            (('--avoid', '^Xorg$'), 102, [106, 101]),                   # 800 - 300 = 500
+            (('--prefer', 'sshd'), 104, [101, 106]),                    # protected beats preferred
+            (('--prefer', 'dpkg', '--no-default-unkillables'), 106, []),
+            (('--sort-by-rss',), 103, []),
+            (('--sort-by-rss', '-u', 'java'), 100, [103]),
+            (('--sort-by-rss', '--prefer', 'Xorg'), 104, []),           # preference first
+            (('--match', 'cmdline', '-u', '*ide.jar*'), 104, [106, 101]),
+            (('--match', 'cmdline', '-u', '*ide.jar*', '--avoid', 'Xorg'), 102, [106, 101]),
+            (('--match', 'cmdline', '--prefer', 'ide\\.jar'), 103, [106]),   # 650 + 300
+            (('--match', 'cmdline', '--ignore', 'jar'), 104, [106, 101]),
+            (('--match', 'name', '--ignore', 'jar'), 104, [106, 101]),  # names have no "jar"
+        ]
+        for argv, victim, skipped in cases:
+            with self.subTest(argv=argv):
+                self.assertEqual(self.pick(argv), (victim, skipped))
+
+    def test_cmdline_matching_sees_nul_separated_words_as_spaces(self):
+        s = bustd.parse_settings(['--proc', self.proc.root, '--match', 'cmdline',
+                                  '-u', 'java -jar /srv/build-server.jar'])
+        procs = bustd.scan_processes(s.proc, bustd.Policy(s))
+        protected = dict((p.pid, p.protected) for p in procs)
+        self.assertEqual(protected[102], '-u java -jar /srv/build-server.jar')
+        self.assertIsNone(protected[103])
+
+    def test_default_list_matches_names_even_in_cmdline_mode(self):
+        self.assertEqual(self.pick(['--match', 'cmdline'])[0], 104)
+
+    def test_not_root_kills_only_own_processes(self):
+        s = bustd.parse_settings(['--proc', self.proc.root])
+        procs = bustd.scan_processes(s.proc, bustd.Policy(s, only_uid=1000))
+        victim, _ = bustd.pick_victim(procs)
+        self.assertEqual(victim.pid, 102)
+
+    def test_list_table(self):
+        s = bustd.parse_settings(['--proc', self.proc.root, '--prefer', 'cc1', '--avoid', 'Xorg'])
+        procs = bustd.scan_processes(s.proc, bustd.Policy(s))
+        table = bustd.format_table(procs, False, lambda uid: {0: 'root', 1000: 'alice'}[uid])
+        lines = table.split('\n')
+        self.assertEqual(lines[0].split(), ['PID', 'USER', 'NAME', 'OOM_SCORE', 'ADJ', 'RSS', 'MARK'])
+        self.assertIn('protected: default: dpkg', lines[1])
+        self.assertEqual(lines[1].split()[0], '106')
+        self.assertTrue(any('105' in l and 'preferred' in l and '<- victim' in l for l in lines))
+        self.assertTrue(any('104' in l and 'avoided' in l for l in lines))
+        self.assertTrue(any('alice' in l for l in lines))
+
+    def test_describe_victim_names_the_skipped(self):
+        s = bustd.parse_settings(['--proc', self.proc.root])
+        procs = bustd.scan_processes(s.proc, bustd.Policy(s))
+        victim, skipped = bustd.pick_victim(procs)
+        text = bustd.describe_victim(victim, skipped, False)
+        self.assertIn('highest oom_score 800', text)
+        self.assertIn('106 dpkg (default: dpkg)', text)
+        self.assertIn('101 sshd (default: sshd)', text)
+
+
+class GroupRefusalTest(unittest.TestCase):
+    def member(self, pid, pgrp=50, session=50, protected=None, never=None, name='w'):
+        p = bustd.Process()
+        p.pid, p.pgrp, p.session, p.name = pid, pgrp, session, name
+        p.protected, p.never = protected, never
+        return p
+
+    def test_table(self):
+        cases = [
+            ('fine', [self.member(50), self.member(51)], None, None),
+            ('pid 1', [self.member(1), self.member(51)], None, 'PID 1'),
+            ('bustd itself', [self.member(50), self.member(999)], None, 'bustd itself'),
+            ("bustd's group", [self.member(50, pgrp=77)], None, 'bustd itself'),
+            ("bustd's session", [self.member(50, session=88)], None, 'own session'),
+            ('protected member', [self.member(50), self.member(51, protected='-u x', name='x')],
+             None, 'contains 51 x (-u x)'),
+            ('outside the cgroup', [self.member(50), self.member(51)], {50}, 'outside'),
+        ]
+        for name, members, cgroup, expected in cases:
+            with self.subTest(name):
+                refusal = bustd.group_refusal(members, 999, 77, 88, cgroup)
+                if expected is None:
+                    self.assertIsNone(refusal)
+                else:
+                    self.assertIn(expected, refusal)
+
+
+# ----------------------------------------------------------------------------
+# Killing real processes the tests started (fake meminfo, real /proc/PID)
+# ----------------------------------------------------------------------------
+
+class RealKillTest(TempDirTest):
+    """The daemon's real kill path against the test's own children.
+
+    The fake /proc holds a fake meminfo and symlinks to the real /proc/PID of
+    children started here with oom_score_adj 1000, so nothing else can be
+    chosen and no real memory pressure is needed.
+    """
+
+    def daemon(self, calls=None, **kw):
+        log, sink = make_log(verbose=True)
+        s = settings(self.proc, **kw)
+        sensor = bustd.MachineSensor(s.proc)
+        sensor.check()
+        calls = calls or bustd.load_kernel_calls()
+        d = bustd.Daemon(s, sensor, bustd.Policy(s), calls, log,
+                         sleep=lambda seconds: None)
+        d.start()
+        return d, sink
+
+    def victim(self, *args, **popen):
+        child = start_victim(*args, **popen)
+        self.addCleanup(stop, child)
+        self.proc.link(child.pid)
+        return child
+
+    def test_sigterm_when_memory_is_low(self):
+        bystander = self.victim()
+        os.unlink(os.path.join(self.proc.root, str(bystander.pid)))   # not in the tree: invisible
+        child = self.victim()
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=700 * MIB)      # 8.5 %: SIGTERM
+        d, sink = self.daemon()
+        self.assertEqual(d.step(), 0.0)
+        self.assertEqual(reap(child), -signal.SIGTERM)
+        self.assertIsNone(bystander.poll())
+        text = sink.text()
+        self.assertIn('kill: SIGTERM pid=%d uid=%d name="python3"' % (child.pid, os.getuid()), text)
+        self.assertIn('oom_score_adj=1000', text)
+        self.assertIn('mem_available=700.0MiB(8.5%)', text)
+        self.assertIn('exited: pid=%d' % child.pid, text)
+        self.assertIn('chose pid %d because' % child.pid, text)
+
+    def test_sigkill_at_the_kill_level(self):
+        child = self.victim('ignore-term')
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=300 * MIB)      # 3.7 %: SIGKILL
+        d, sink = self.daemon()
+        d.step()
+        self.assertEqual(reap(child), -signal.SIGKILL)
+        self.assertIn('kill: SIGKILL pid=%d' % child.pid, sink.text())
+
+    def test_nothing_happens_with_enough_memory(self):
+        child = self.victim()
+        d, sink = self.daemon()
+        self.assertGreater(d.step(), 0)
+        self.assertIsNone(child.poll())
+        self.assertNotIn('kill:', sink.text())
+
+    def test_escalates_when_memory_reaches_the_kill_level(self):
+        child = self.victim('ignore-term')
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=700 * MIB)
+        d, sink = self.daemon()
+        timer = threading.Timer(0.3, self.proc.meminfo, kwargs=dict(
+            total_kib=8 * GIB, avail_kib=100 * MIB))
+        timer.start()
+        self.addCleanup(timer.cancel)
+        d.step()
+        self.assertEqual(reap(child), -signal.SIGKILL)
+        self.assertIn('kill: SIGTERM pid=%d' % child.pid, sink.text())
+        self.assertIn('escalating to SIGKILL: pid %d reached the SIGKILL level' % child.pid,
+                      sink.text())
+
+    def test_escalates_after_the_grace_time_if_memory_stays_low(self):
+        child = self.victim('ignore-term')
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=700 * MIB)
+        log, sink = make_log()
+        target = bustd.Target(self.scan_one(child.pid), bustd.load_kernel_calls(), self.proc.root)
+        self.assertTrue(target.open())
+        result = bustd.kill_and_wait(target, signal.SIGTERM, lambda: signal.SIGTERM, log,
+                                     grace_s=0.3)
+        target.close()
+        self.assertTrue(result.exited)
+        self.assertEqual(result.signal, signal.SIGKILL)
+        self.assertGreaterEqual(result.elapsed_s, 0.3)
+        self.assertEqual(reap(child), -signal.SIGKILL)
+        self.assertIn('ignored SIGTERM', sink.text())
+
+    def test_no_escalation_when_memory_recovered(self):
+        child = self.victim('ignore-term')
+        log, sink = make_log()
+        target = bustd.Target(self.scan_one(child.pid), bustd.load_kernel_calls(), self.proc.root)
+        self.assertTrue(target.open())
+        result = bustd.kill_and_wait(target, signal.SIGTERM, lambda: 0, log, grace_s=0.2)
+        target.close()
+        self.assertFalse(result.exited)
+        self.assertIn('memory recovered', result.note)
+        self.assertIsNone(child.poll())
+
+    def scan_one(self, pid):
+        s = settings(self.proc)
+        return [p for p in bustd.scan_processes(s.proc, bustd.Policy(s)) if p.pid == pid][0]
+
+    def test_recycled_pid_is_never_signalled(self):
+        child = self.victim()
+        victim = self.scan_one(child.pid)
+        victim.starttime -= 1          # as if the pid now belonged to a newer process
+        for calls in (bustd.load_kernel_calls(), no_kernel_calls()):
+            with self.subTest(pidfd=calls.pidfd_open is not None):
+                target = bustd.Target(victim, calls, self.proc.root)
+                self.assertFalse(target.open())
+                self.assertFalse(target.send(signal.SIGTERM))
+                target.close()
+        self.assertIsNone(child.poll())
+
+    def test_kill_without_pidfds_uses_the_start_time_check(self):
+        child = self.victim()
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=700 * MIB)
+        d, sink = self.daemon(calls=no_kernel_calls())
+        d.step()
+        self.assertEqual(reap(child), -signal.SIGTERM)
+        self.assertIn('exited: pid=%d' % child.pid, sink.text())
+
+    def test_recovery_during_the_scan_means_no_kill(self):
+        child = self.victim()
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=700 * MIB)
+        d, sink = self.daemon()
+        d.sensor.read(d.reading, d.th)
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=4 * GIB)   # recovered before act()
+        d.act(signal.SIGTERM, 0.0)
+        self.assertIsNone(child.poll())
+        self.assertIn('memory recovered during the victim scan', sink.text())
+
+    def test_victim_gone_before_the_signal(self):
+        child = self.victim()
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=700 * MIB)
+        d, sink = self.daemon()
+        victim = self.scan_one(child.pid)
+        child.kill()
+        child.wait()
+        target = bustd.Target(victim, d.calls, self.proc.root)
+        self.assertFalse(target.open())
+
+    def test_dry_run_sends_nothing_and_logs_once_a_second(self):
+        child = self.victim()
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=700 * MIB)
+        now = [100.0]
+        d, sink = self.daemon(dry_run=True)
+        d.clock = lambda: now[0]
+        for _ in range(5):
+            d.step()
+            now[0] += 0.1
+        self.assertIsNone(child.poll())
+        self.assertEqual(sink.text().count('dry run, no signal sent: kill: SIGTERM pid=%d'
+                                           % child.pid), 1)
+        now[0] += 1.0
+        d.step()
+        self.assertEqual(sink.text().count('dry run, no signal sent'), 2)
+        self.assertIn('dry run: chose pid %d because: highest oom_score' % child.pid, sink.text())
+
+    def test_only_one_victim_per_step(self):
+        first = self.victim()
+        second = self.victim()
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=700 * MIB)
+        d, sink = self.daemon()
+        d.step()
+        killed = [c for c in (first, second) if c.poll() is not None or
+                  'exited: pid=%d' % c.pid in sink.text()]
+        self.assertEqual(len(killed), 1)
+        self.assertEqual(sink.text().count('kill: '), 1)
+
+    def test_nothing_killable_is_logged_and_backs_off(self):
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=700 * MIB)
+        self.proc.add(1, name='init', oom_score=2000)
+        self.proc.add(20, name='sshd', oom_score=1000)
+        d, sink = self.daemon()
+        self.assertEqual(d.step(), bustd.NO_VICTIM_RETRY_S)
+        self.assertEqual(d.step(), bustd.NO_VICTIM_RETRY_S)
+        self.assertEqual(sink.text().count('no process may be killed'), 1)
+
+    def test_totals_change_recomputes_thresholds(self):
+        d, sink = self.daemon()
+        self.assertEqual(d.th.mem_term_kib, 8 * GIB // 10)
+        self.proc.meminfo(total_kib=16 * GIB, avail_kib=12 * GIB)
+        d.step()
+        self.assertEqual(d.th.mem_term_kib, 16 * GIB // 10)
+        self.assertIn('thresholds recomputed', sink.text())
+
+
+class GroupKillTest(TempDirTest):
+    """-g against a process group the test created: a parent and its children."""
+
+    GROUP = textwrap.dedent("""
+        import os, signal, sys, time
+        with open('/proc/self/oom_score_adj', 'w') as f:
+            f.write('1000')
+        kids = []
+        for i in range(3):
+            pid = os.fork()
+            if pid == 0:
+                if 'stubborn' in sys.argv:
+                    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                while True:
+                    time.sleep(1)
+            kids.append(pid)
+        sys.stdout.write(' '.join(map(str, kids)) + '\\n')
+        sys.stdout.flush()
+        while True:
+            time.sleep(1)
+    """)
+
+    def start_group(self, *args):
+        leader = subprocess.Popen([sys.executable, '-c', self.GROUP] + list(args),
+                                  stdout=subprocess.PIPE, start_new_session=True)
+        kids = [int(x) for x in leader.stdout.readline().split()]
+
+        def cleanup():
+            try:
+                os.killpg(leader.pid, signal.SIGKILL)
+            except OSError:
+                pass
+            leader.wait()
+            leader.stdout.close()
+        self.addCleanup(cleanup)
+        for pid in [leader.pid] + kids:
+            self.proc.link(pid)
+        return leader, kids
+
+    def run_daemon(self, **kw):
+        log, sink = make_log(verbose=True)
+        s = settings(self.proc, kill_pgroup=True, **kw)
+        sensor = bustd.MachineSensor(s.proc)
+        sensor.check()
+        d = bustd.Daemon(s, sensor, bustd.Policy(s), bustd.load_kernel_calls(), log)
+        d.start()
+        d.step()
+        return sink
+
+    def gone(self, pid):
+        try:
+            with open('/proc/%d/stat' % pid, 'rb') as f:
+                return bustd.parse_stat(f.read()).state in ('Z', 'X')
+        except OSError:
+            return True
+
+    def test_whole_group_is_killed(self):
+        bystander = start_victim()     # same uid, own group, oom_score_adj 1000, not in the tree
+        self.addCleanup(stop, bystander)
+        leader, kids = self.start_group()
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=700 * MIB)
+        sink = self.run_daemon()
+        self.assertEqual(reap(leader), -signal.SIGTERM)
+        for pid in kids:
+            self.assertTrue(self.gone(pid), pid)
+        self.assertIsNone(bystander.poll())
+        self.assertIn('kill: SIGTERM pgrp=%d pid=' % leader.pid, sink.text())
+
+    def test_group_that_ignores_sigterm_is_escalated(self):
+        leader, kids = self.start_group('stubborn')
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=700 * MIB)
+        timer = threading.Timer(0.3, self.proc.meminfo, kwargs=dict(
+            total_kib=8 * GIB, avail_kib=100 * MIB))
+        timer.start()
+        self.addCleanup(timer.cancel)
+        sink = self.run_daemon()
+        reap(leader)
+        for pid in kids:
+            self.assertTrue(self.gone(pid), pid)
+        self.assertIn('escalating to SIGKILL', sink.text())
+
+    def test_refuses_a_group_in_its_own_session(self):
+        child = start_victim()           # same session as this test (and the daemon)
+        self.addCleanup(stop, child)
+        self.proc.link(child.pid)
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=700 * MIB)
+        sink = self.run_daemon()
+        self.assertEqual(reap(child), -signal.SIGTERM)   # killed alone
+        self.assertIn('not signalling process group', sink.text())
+
+
+if __name__ == '__main__':
+    unittest.main()
