@@ -590,9 +590,14 @@ class MachineSensor(object):
                 self.reserve_kib = 2 * parse_zoneinfo_reserve_kib(zoneinfo, page_kib)
         return warnings
 
+    @property
+    def uses_sysinfo(self):
+        """True when polls start with the cheap sysinfo(2) reading."""
+        return self.sysinfo is not None and self.reserve_kib is not None
+
     def describe(self):
         """Return what the readings come from, for the start-up lines."""
-        if self.sysinfo is not None and self.reserve_kib is not None:
+        if self.uses_sysinfo:
             fast = 'sysinfo(2), then %s near a threshold' % self.meminfo_path
         else:
             fast = '%s on every poll' % self.meminfo_path
@@ -600,7 +605,7 @@ class MachineSensor(object):
 
     def read(self, reading, th):
         """Fill `reading`; exact only when the cheap bound is near th.trigger_kib."""
-        if self.sysinfo is not None and self.reserve_kib is not None:
+        if self.uses_sysinfo:
             self.sysinfo(reading)
             lower = reading.mem_free_kib - self.reserve_kib
             if lower > th.trigger_kib:
@@ -637,8 +642,8 @@ class MachineSensor(object):
         """Return the set of pids that may be killed (None: every process)."""
         return None
 
-    def threshold_event_fd(self, calls, usage_kib):
-        """Return an fd that polls readable at a usage threshold (None here)."""
+    def threshold_event_fd(self, calls, th):
+        """Return an fd that polls readable when usage crosses a level (None here)."""
         return None
 
 
@@ -751,11 +756,13 @@ class CgroupSensor(object):
         self.stat_path = path + '/memory.stat'
         self.psi_path = path + '/memory.pressure' if v2 else None
         self.has_psi = False
+        self.uses_sysinfo = False
+        self.has_mem_available = True
 
     def check(self):
         """Validate the cgroup's files; return warnings; raise EnvironmentProblem."""
-        warnings = self.machine.check()
-        warnings = [w for w in warnings if 'PSI' not in w]
+        warnings = [w for w in self.machine.check() if 'PSI' not in w]
+        self.has_mem_available = self.machine.has_mem_available
         if read_int(self.usage_path) is None:
             raise EnvironmentProblem('cannot read %s: is the memory controller enabled '
                                      'for this cgroup?' % self.usage_path)
@@ -863,14 +870,19 @@ class CgroupSensor(object):
             pids.update(int(x) for x in data.split() if x.isdigit())
         return pids
 
-    def threshold_event_fd(self, calls, usage_kib):
-        """cgroup v1: return an eventfd the kernel signals when usage crosses usage_kib.
+    def threshold_event_fd(self, calls, th):
+        """cgroup v1: return an eventfd the kernel signals when usage crosses a level.
 
-        The kernel checks memory thresholds every 128 page charges, so the
-        daemon wakes within ~512 KiB of the crossing instead of a poll later.
+        One eventfd, one threshold per decision level (where exact readings
+        start, SIGTERM, SIGKILL).  The kernel checks thresholds every 128
+        page charges, so the daemon wakes within ~512 KiB of a crossing
+        instead of up to a poll later: at 2.5 GB/s a poll floor of 10 ms is
+        25 MB, the whole SIGTERM band of a 256 MiB cgroup.
         """
         if self.version != 1 or calls.eventfd is None or self.limit_kib is None:
             return None
+        levels = sorted(set(self.limit_kib - kib for kib in (
+            th.trigger_kib, th.mem_term_kib, th.mem_kill_kib) if 0 < kib < self.limit_kib))
         try:
             efd = calls.eventfd()
         except OSError:
@@ -880,7 +892,8 @@ class CgroupSensor(object):
             try:
                 control = os.open(self.path + '/cgroup.event_control', os.O_WRONLY)
                 try:
-                    os.write(control, ('%d %d %d' % (efd, ufd, usage_kib * 1024)).encode())
+                    for usage_kib in levels:
+                        os.write(control, ('%d %d %d' % (efd, ufd, usage_kib * 1024)).encode())
                 finally:
                     os.close(control)
             finally:
@@ -2861,25 +2874,20 @@ def startup_lines(settings, sensor, th, calls, features):
             'free swap <= %.1f%% (%s)' % (percent_of(swap_kib, th.swap_total_kib),
                                           format_kib(swap_kib))
             if th.swap_total_kib else 'swap is low (none configured)'))
-    if th.psi_avg10 is None:
-        lines.append('PSI rule: off (--psi off)')
-    elif not getattr(sensor, 'has_psi', False) and not getattr(sensor.machine if hasattr(
-            sensor, 'machine') and sensor.limit_kib is None else sensor, 'has_psi', False):
-        lines.append('PSI rule: off (no PSI here)')
-    else:
+    if th.psi_avg10 is not None:
         lines.append('PSI rule: SIGTERM when memory some avg10 >= %g while available '
                      'memory <= %g%% (%s)' % (th.psi_avg10, s.psi_mem_max_percent,
                                               format_kib(th.psi_mem_max_kib)))
+    else:
+        lines.append('PSI rule: off (%s)' % ('--psi off' if sensor.has_psi else 'no PSI here'))
     lines.append('polling: adaptive %d..%d ms (worst-case fill %s/s); wake-ups: %s' % (
         POLL_FLOOR_S * 1000, POLL_CEILING_S * 1000, format_kib(MEM_FILL_RATE_KIB_S),
         features.get('wakeups', 'signals only')))
-    lines.append('available: sysinfo %s, MemAvailable %s, PSI %s, pidfd %s, '
+    lines.append('kernel features: sysinfo %s, MemAvailable %s, PSI %s, pidfd %s, '
                  'process_mrelease %s, ctypes %s' % tuple(_yes(x) for x in (
-                     calls.sysinfo is not None and s.proc == '/proc',
-                     getattr(sensor, 'has_mem_available', getattr(
-                         getattr(sensor, 'machine', None), 'has_mem_available', True)),
-                     getattr(sensor, 'has_psi', False), calls.pidfd_open is not None,
-                     calls.process_mrelease is not None, calls.has_ctypes)))
+                     sensor.uses_sysinfo, sensor.has_mem_available, sensor.has_psi,
+                     calls.pidfd_open is not None, calls.process_mrelease is not None,
+                     calls.has_ctypes)))
     lines.append('self-protection: oom_score_adj -1000 %s, mlockall %s' % (
         _yes(features.get('oom_adj')), features.get('mlock', 'not tried')))
     victims = 'victims: %s' % ('largest RSS' if s.sort_by_rss else 'highest oom_score')
@@ -2953,6 +2961,8 @@ def run(settings, environ=None):
     log = Log(StderrSink(environ=environ), settings.verbose)
     sensor = build_sensor(settings, calls, log)
     warnings = sensor.check()
+    if not sensor.has_psi:
+        settings.psi_avg10 = None   # the rule is off: it must not widen the exact-read band
     caps = capabilities()
     only_uid = None if has_cap(caps, CAP_KILL) else os.geteuid()
     policy = Policy(settings, only_uid)
@@ -3020,8 +3030,7 @@ def serve(settings, sensor, policy, calls, caps, log, warnings, environ, report_
             waiter.poller.unregister(fd)
             os.close(fd)
         del event_fds[:]
-        limit = th.mem_total_kib
-        fd = sensor.threshold_event_fd(calls, max(0, limit - th.trigger_kib))
+        fd = sensor.threshold_event_fd(calls, th)
         if fd is not None:
             event_fds.append(fd)
             waiter.add(fd, waiter.select.POLLIN, 'cgroup threshold')

@@ -1045,5 +1045,355 @@ class GroupKillTest(TempDirTest):
         self.assertIn('not signalling process group', sink.text())
 
 
+# ----------------------------------------------------------------------------
+# cgroup mode: fake trees, then real memory pressure in a test-made cgroup
+# ----------------------------------------------------------------------------
+
+class FakeCgroupTest(TempDirTest):
+    def make(self, version, files):
+        path = os.path.join(self.tmp, 'cg', 'parent', 'child')
+        os.makedirs(path)
+        for name, text in files.items():
+            with open(os.path.join(path if '/' not in name else os.path.join(self.tmp, 'cg'),
+                                   name.split('/')[-1]), 'w') as f:
+                f.write(text)
+        log, _ = make_log()
+        sensor = bustd.CgroupSensor(path, version, bustd.MachineSensor(self.proc.root), log)
+        return path, sensor
+
+    def test_v2_available_counts_file_cache_and_ancestor_limits(self):
+        path, sensor = self.make(2, {
+            'memory.current': '%d\n' % (200 << 20), 'memory.max': 'max\n',
+            'memory.stat': 'anon 150000000\nfile 50000000\nactive_file %d\ninactive_file %d\n'
+                           % (10 << 20, 20 << 20),
+            'memory.swap.current': '0\n', 'memory.swap.max': 'max\n',
+            'memory.pressure': 'some avg10=12.00 avg60=0 avg300=0 total=1\n'
+                               'full avg10=1.00 avg60=0 avg300=0 total=1\n'})
+        with open(os.path.join(os.path.dirname(path), 'memory.max'), 'w') as f:
+            f.write('%d\n' % (256 << 20))     # the parent's limit applies
+        self.assertEqual(sensor.check(), [])
+        r = sensor.read_exact(bustd.Reading())
+        self.assertEqual(r.mem_total_kib, 256 * MIB)
+        self.assertEqual(r.mem_available_kib, (256 - 200 + 30) * MIB)
+        self.assertEqual(r.psi_some_avg10, 12.0)
+        self.assertEqual(r.swap_total_kib, 0)     # the fake machine has no swap
+
+    def test_v1_hierarchical_limit_and_total_counters(self):
+        path, sensor = self.make(1, {
+            'memory.usage_in_bytes': '%d\n' % (400 << 20),
+            'memory.limit_in_bytes': '9223372036854771712\n',
+            'memory.stat': 'cache 1\ntotal_active_file %d\ntotal_inactive_file %d\n'
+                           'hierarchical_memory_limit %d\nhierarchical_memsw_limit %d\n'
+                           % (16 << 20, 16 << 20, 512 << 20, 512 << 20),
+            'memory.memsw.usage_in_bytes': '%d\n' % (400 << 20)})
+        warnings = sensor.check()
+        self.assertEqual(len(warnings), 1)
+        self.assertIn('cgroup v1', warnings[0])           # no PSI there
+        r = sensor.read_exact(bustd.Reading())
+        self.assertEqual((r.mem_total_kib, r.mem_available_kib), (512 * MIB, (112 + 32) * MIB))
+
+    def test_cheap_reading_is_limit_minus_usage(self):
+        path, sensor = self.make(2, {
+            'memory.current': '%d\n' % (100 << 20), 'memory.max': '%d\n' % (1 << 30),
+            'memory.stat': 'active_file %d\n' % (500 << 20)})
+        sensor.check()
+        th = bustd.compute_thresholds(bustd.Settings(), GIB, 0)
+        r = sensor.read(bustd.Reading(), th)
+        self.assertFalse(r.exact)
+        self.assertEqual(r.mem_available_kib, 924 * MIB)
+        with open(os.path.join(path, 'memory.current'), 'w') as f:
+            f.write('%d\n' % (950 << 20))
+        r = sensor.read(bustd.Reading(), th)
+        self.assertTrue(r.exact)
+        self.assertEqual(r.mem_available_kib, (74 + 500) * MIB)
+
+    def test_no_limit_falls_back_to_the_machine(self):
+        path, sensor = self.make(2, {'memory.current': '1000\n', 'memory.max': 'max\n',
+                                     'memory.stat': ''})
+        warnings = sensor.check()
+        self.assertTrue(any('no memory limit' in w for w in warnings))
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=3 * GIB)
+        r = sensor.read_exact(bustd.Reading())
+        self.assertEqual((r.mem_total_kib, r.mem_available_kib), (8 * GIB, 3 * GIB))
+
+    def test_member_pids_include_descendants(self):
+        path, sensor = self.make(2, {'memory.current': '1\n', 'cgroup.procs': '10\n11\n'})
+        os.makedirs(os.path.join(path, 'sub'))
+        with open(os.path.join(path, 'sub', 'cgroup.procs'), 'w') as f:
+            f.write('12\n')
+        self.assertEqual(sensor.member_pids(), {10, 11, 12})
+
+    def test_resolve(self):
+        v1 = os.path.join(self.tmp, 'fs', 'memory', 'svc')
+        v2 = os.path.join(self.tmp, 'fs', 'unified', 'app.slice')
+        os.makedirs(v1)
+        os.makedirs(v2)
+        open(os.path.join(v1, 'memory.usage_in_bytes'), 'w').close()
+        open(os.path.join(v2, 'memory.current'), 'w').close()
+        self.proc.write('self/mountinfo', (
+            '30 20 0:26 / %s/fs/unified rw - cgroup2 cgroup2 rw\n'
+            '31 20 0:27 / %s/fs/memory rw,relatime - cgroup cgroup rw,memory\n'
+            % (self.tmp, self.tmp)).encode())
+        self.proc.write('self/cgroup', b'4:memory:/svc\n0::/app.slice\n')
+        resolve = lambda spec: bustd.resolve_cgroup(spec, self.proc.root, self.tmp)
+        self.assertEqual(resolve('auto'), (v2, 2))
+        self.assertEqual(resolve(v1), (v1, 1))
+        self.assertEqual(resolve('svc'), (v1, 1))
+        self.assertEqual(resolve('/app.slice'), (v2, 2))
+        for bad, message in ((self.tmp, 'not a cgroup'), ('nope', 'no such cgroup')):
+            with self.assertRaises(ValueError) as cm:
+                resolve(bad)
+            self.assertIn(message, str(cm.exception))
+
+    def test_cli_bad_cgroup_is_exit_2(self):
+        for spec in (self.tmp, os.path.join(self.tmp, 'missing')):
+            with self.subTest(spec=spec):
+                out = run_cli('-n', '--cgroup', spec, '--proc', self.proc.root)
+                self.assertEqual(out.returncode, 2, out.stderr)
+                self.assertEqual(len(out.stderr.strip().split('\n')), 1, out.stderr)
+                self.assertIn('--cgroup', out.stderr)
+
+
+def run_cli(*args, **kw):
+    """Run bustd.py as a program; return the CompletedProcess (text)."""
+    kw.setdefault('timeout', 60)
+    return subprocess.run([sys.executable, BUSTD] + list(args), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True, **kw)
+
+
+class TestCgroup(object):
+    """A memory cgroup made by a test under its own cgroup; removed with all it holds."""
+
+    def __init__(self, limit_mib):
+        base, version, why = self.find_parent()
+        if base is None:
+            raise unittest.SkipTest('cannot create a memory cgroup here: ' + why)
+        self.version = version
+        self.path = tempfile.mkdtemp(prefix='bustd-test-', dir=base)
+        limit_file = 'memory.max' if version == 2 else 'memory.limit_in_bytes'
+        self.write(limit_file, str(limit_mib << 20))
+        if version == 1 and os.path.exists(os.path.join(self.path, 'memory.memsw.limit_in_bytes')):
+            self.write('memory.memsw.limit_in_bytes', str(limit_mib << 20))
+        elif version == 2 and os.path.exists(os.path.join(self.path, 'memory.swap.max')):
+            self.write('memory.swap.max', '0')
+
+    @staticmethod
+    def find_parent():
+        if os.geteuid() != 0:
+            return None, None, 'not root'
+        with open('/proc/self/mountinfo') as f:
+            mounts = bustd.parse_mountinfo_cgroups(f.read())
+        with open('/proc/self/cgroup') as f:
+            own = bustd.parse_proc_cgroup(f.read())
+        why = 'no memory controller mounted'
+        for key in ('v1', 'v2'):
+            if key not in mounts or key not in own:
+                continue
+            mountpoint, root = mounts[key]
+            inner = own[key][len(root):] if root != '/' and own[key].startswith(root) else own[key]
+            base = os.path.normpath(mountpoint + '/' + inner.lstrip('/'))
+            if key == 'v2':
+                try:
+                    with open(os.path.join(base, 'cgroup.subtree_control')) as f:
+                        if 'memory' not in f.read().split():
+                            why = 'cgroup v2 without the memory controller for children of ' + base
+                            continue
+                except OSError as exc:
+                    why = str(exc)
+                    continue
+            if os.access(base, os.W_OK):
+                return base, 1 if key == 'v1' else 2, ''
+            why = '%s is not writable' % base
+        return None, None, why
+
+    def write(self, name, value):
+        with open(os.path.join(self.path, name), 'w') as f:
+            f.write(value)
+
+    def read(self, name):
+        with open(os.path.join(self.path, name)) as f:
+            return f.read()
+
+    def oom_kills(self):
+        """The kernel's own count of OOM kills in this cgroup."""
+        text = self.read('memory.events' if self.version == 2 else 'memory.oom_control')
+        for line in text.split('\n'):
+            if line.startswith('oom_kill '):
+                return int(line.split()[1])
+        return 0
+
+    def pids(self):
+        return [int(x) for x in self.read('cgroup.procs').split()]
+
+    def join(self):
+        """preexec_fn: move the new child into the cgroup before it allocates."""
+        path = os.path.join(self.path, 'cgroup.procs')
+        return lambda: open(path, 'w').write(str(os.getpid()))
+
+    def remove(self):
+        for _ in range(50):
+            pids = self.pids()
+            if not pids:
+                break
+            for pid in pids:         # every process in here was started by the test
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            time.sleep(0.05)
+        for _ in range(50):
+            try:
+                os.rmdir(self.path)
+                return
+            except OSError:
+                time.sleep(0.05)
+
+
+HOG_CODE = textwrap.dedent(r"""
+    import os, signal, sys, time
+    args = sys.argv[1:]
+    rate = float(args[args.index('--rate') + 1]) if '--rate' in args else 0
+    if '--ignore-term' in args:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if '--fork' in args:
+        for i in range(int(args[args.index('--fork') + 1])):
+            if os.fork() == 0:
+                break
+    chunks, start = [], time.monotonic()
+    while True:
+        chunks.append(b'\x01' * (1 << 20))       # touches every page
+        if rate:
+            delay = start + len(chunks) / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+""")
+
+INNOCENT_CODE = textwrap.dedent(r"""
+    import sys, time
+    keep = b'\x01' * (int(sys.argv[1]) << 20)
+    sys.stdout.write('holding\n')
+    sys.stdout.flush()
+    while True:
+        time.sleep(1)
+""")
+
+
+class Daemon(object):
+    """bustd.py run as a program, its stderr collected line by line."""
+
+    def __init__(self, *args):
+        self.proc = subprocess.Popen([sys.executable, BUSTD, '-n'] + list(args),
+                                     stderr=subprocess.PIPE, universal_newlines=True)
+        self.lines = []
+        self.ready = threading.Event()
+        self.reader = threading.Thread(target=self.read)
+        self.reader.daemon = True
+        self.reader.start()
+        if not self.ready.wait(30):
+            self.stop()
+            raise AssertionError('bustd never got ready:\n' + self.text())
+
+    def read(self):
+        for line in self.proc.stderr:
+            self.lines.append(line.rstrip('\n'))
+            if 'ready: watching' in line:
+                self.ready.set()
+
+    def text(self):
+        return '\n'.join(self.lines)
+
+    def wait_for(self, text, timeout=10):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.text():
+                return True
+            time.sleep(0.05)
+        return False
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        self.reader.join(5)
+        self.proc.stderr.close()
+        return code
+
+
+class CgroupPressureTest(unittest.TestCase):
+    """The real daemon against real memory exhaustion, inside a test-made 256 MiB cgroup.
+
+    Checked against the kernel's own counters: the hog dies of bustd's
+    signal and the cgroup's oom_kill count stays 0.
+    """
+
+    LIMIT_MIB = 256
+
+    def setUp(self):
+        try:
+            self.cgroup = TestCgroup(self.LIMIT_MIB)
+        except unittest.SkipTest as exc:
+            sys.stderr.write('\n[skip] %s\n' % exc)
+            raise
+        self.addCleanup(self.cgroup.remove)
+
+    def start(self, code, *args, **kw):
+        child = subprocess.Popen([sys.executable, '-c', code] + [str(a) for a in args],
+                                 preexec_fn=self.cgroup.join(), stdout=subprocess.PIPE, **kw)
+        self.addCleanup(stop, child)
+        return child
+
+    def daemon(self, *args):
+        d = Daemon('--cgroup', self.cgroup.path, *args)
+        self.addCleanup(d.stop)
+        return d
+
+    def assert_killed_by_bustd(self, hog, d, signals=(signal.SIGTERM, signal.SIGKILL)):
+        code = reap(hog, timeout=60)
+        self.assertIn(-code, signals, 'hog exit status %s\n%s' % (code, d.text()))
+        self.assertTrue(d.wait_for('exited: pid=%d' % hog.pid), d.text())
+        self.assertRegex(d.text(), r'kill: SIG(TERM|KILL) (pgrp=\d+ )?pid=%d ' % hog.pid)
+        self.assertEqual(self.cgroup.oom_kills(), 0, "the kernel's cgroup OOM killer fired")
+
+    def test_full_speed_hog(self):
+        d = self.daemon()
+        self.assertIn('watching cgroup v%d %s' % (self.cgroup.version, self.cgroup.path), d.text())
+        self.assert_killed_by_bustd(self.start(HOG_CODE), d)
+
+    def test_slow_hog_gets_sigterm(self):
+        d = self.daemon()
+        hog = self.start(HOG_CODE, '--rate', 50)
+        self.assert_killed_by_bustd(hog, d, signals=(signal.SIGTERM,))
+
+    def test_innocent_survives(self):
+        d = self.daemon()
+        innocent = self.start(INNOCENT_CODE, 40)
+        self.assertEqual(innocent.stdout.readline(), b'holding\n')
+        self.assert_killed_by_bustd(self.start(HOG_CODE), d)
+        self.assertIsNone(innocent.poll())
+        self.assertEqual(d.stop(), 0)
+        self.assertIsNone(innocent.poll())
+
+    def test_hog_ignoring_sigterm_is_escalated(self):
+        d = self.daemon()
+        hog = self.start(HOG_CODE, '--rate', 200, '--ignore-term')
+        self.assert_killed_by_bustd(hog, d, signals=(signal.SIGKILL,))
+        self.assertIn('kill: SIGTERM pid=%d' % hog.pid, d.text())
+        self.assertIn('escalating to SIGKILL: pid %d' % hog.pid, d.text())
+
+    def test_forking_hog_is_killed_with_its_group(self):
+        d = self.daemon('-g')
+        hog = self.start(HOG_CODE, '--fork', 3, '--rate', 100, start_new_session=True)
+        self.assert_killed_by_bustd(hog, d)
+        self.assertIn('kill: SIGTERM pgrp=%d' % hog.pid, d.text())
+        deadline = time.monotonic() + 10
+        while self.cgroup.pids() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertEqual(self.cgroup.pids(), [], 'members of the group survived')
+
+
 if __name__ == '__main__':
     unittest.main()
