@@ -507,9 +507,28 @@ def read_file(path, size=65536):
         os.close(fd)
 
 
+def read_small(path, size=4096):
+    """Return a small kernel file (stat, oom_score, PSI) with ONE read, or None.
+
+    The kernel renders these files whole on the first read, so the loop of
+    read_file (and its second, empty read) is not needed: this runs for
+    every process of a victim scan.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return os.read(fd, size)
+    except OSError:   # ESRCH: the process exited between open and read
+        return None
+    finally:
+        os.close(fd)
+
+
 def read_int(path):
     """Return the integer in a one-number file, or None."""
-    data = read_file(path, 64)
+    data = read_small(path, 64)
     try:
         return int(data)
     except (TypeError, ValueError):
@@ -636,7 +655,7 @@ class MachineSensor(object):
         reading.psi_some_avg10 = reading.psi_full_avg10 = None
         if self.has_psi and (th is None or reading.mem_available_kib <= th.psi_mem_max_kib):
             reading.psi_some_avg10, reading.psi_full_avg10 = parse_psi(
-                read_file(self.psi_path, 512) or b'')
+                read_small(self.psi_path, 512) or b'')
 
     def member_pids(self):
         """Return the set of pids that may be killed (None: every process)."""
@@ -847,7 +866,7 @@ class CgroupSensor(object):
         reading.psi_some_avg10 = reading.psi_full_avg10 = None
         if self.has_psi and (th is None or reading.mem_available_kib <= th.psi_mem_max_kib):
             reading.psi_some_avg10, reading.psi_full_avg10 = parse_psi(
-                read_file(self.psi_path, 512) or b'')
+                read_small(self.psi_path, 512) or b'')
         return reading
 
     def _swap_free_kib(self, usage):
@@ -1055,10 +1074,12 @@ def iter_pids(proc):
 def read_process(proc, pid, page_kib):
     """Return a Process for pid, or None if it vanished or is unreadable (hidepid)."""
     base = '%s/%d' % (proc, pid)
-    stat = parse_stat(read_file(base + '/stat', 4096) or b'')
+    stat = parse_stat(read_small(base + '/stat') or b'')
+    if stat is None or stat.flags & PF_KTHREAD or stat.ppid == 2 or pid == 2:
+        return None     # vanished, unreadable, or a kernel thread: never a candidate
     score = read_int(base + '/oom_score')
     adj = read_int(base + '/oom_score_adj')
-    if stat is None or score is None or adj is None:
+    if score is None or adj is None:
         return None
     try:
         uid = os.stat(base).st_uid
@@ -1218,11 +1239,47 @@ def scan_processes(proc, policy, member_pids=None):
     pids = iter_pids(proc) if member_pids is None else sorted(member_pids)
     for pid in pids:
         p = read_process(proc, pid, page_kib)
-        if p is None or p.never == 'kernel thread':
+        if p is None:
             continue
         policy.classify(p)
         found.append(p)
     return found
+
+
+def find_victim(proc, policy, member_pids=None):
+    """Return (victim or None, protected processes that outranked it), reading little.
+
+    The same answer as pick_victim(scan_processes(...)), for the kill path
+    where every millisecond counts: only oom_score is read for every
+    process; whole records are read in descending order of the best rank
+    each could reach (oom_score, +PREFER_ADJUST with --prefer), until no
+    process left can outrank the best found.  --sort-by-rss scans everything.
+    """
+    if policy.sort_by_rss:
+        return pick_victim(scan_processes(proc, policy, member_pids), True)
+    bonus = PREFER_ADJUST if policy.prefer is not None else 0
+    scores = []
+    for pid in (iter_pids(proc) if member_pids is None else member_pids):
+        score = read_int('%s/%d/oom_score' % (proc, pid))
+        if score is not None:
+            scores.append((score, pid))
+    scores.sort(reverse=True)
+    page_kib = os.sysconf('SC_PAGE_SIZE') // 1024
+    best, passed_over = None, []
+    for score, pid in scores:
+        if best is not None and score + bonus < best.badness:
+            break        # nothing from here on can outrank (or tie with) the best
+        p = read_process(proc, pid, page_kib)
+        if p is None or p.never:
+            continue
+        policy.classify(p)
+        if p.protected:
+            passed_over.append(p)
+        elif best is None or p.rank_key() > best.rank_key():
+            best = p
+    skipped = [p for p in passed_over if best is None or p.rank_key() > best.rank_key()]
+    skipped.sort(key=lambda p: p.rank_key(), reverse=True)
+    return best, skipped
 
 
 def rank_processes(processes, sort_by_rss=False):
@@ -1308,7 +1365,7 @@ def user_name_function():
 
 def same_process(proc, pid, starttime):
     """Return True if pid is still the live process that started at `starttime`."""
-    stat = parse_stat(read_file('%s/%d/stat' % (proc, pid), 4096) or b'')
+    stat = parse_stat(read_small('%s/%d/stat' % (proc, pid)) or b'')
     return (stat is not None and stat.starttime == starttime
             and stat.state not in ('Z', 'X', 'x'))
 
@@ -2353,14 +2410,12 @@ class Daemon(object):
         if s.dry_run and now < self.next_dry_run_log:
             return sleep_time_s(self.reading, self.th)
         trigger = describe_trigger(self.reading, self.th)
-        processes = scan_processes(s.proc, self.policy, self.sensor.member_pids())
-        victim, skipped = pick_victim(processes, s.sort_by_rss)
+        victim, skipped = find_victim(s.proc, self.policy, self.sensor.member_pids())
         if victim is None:
             if now >= self.next_no_victim_log:
                 self.next_no_victim_log = now + 60
                 self.log.warning('memory is low (%s) but no process may be killed '
-                                 '(%d protected); still watching' % (
-                                     trigger, sum(1 for p in processes if p.protected)))
+                                 '(%d protected); still watching' % (trigger, len(skipped)))
             return NO_VICTIM_RETRY_S
         # The scan took time: act only if memory is still low.
         wanted = self.check_now()
@@ -2373,7 +2428,7 @@ class Daemon(object):
         trigger = describe_trigger(self.reading, self.th)
         victim.cmdline = read_cmdline(s.proc, victim.pid) if victim.cmdline is None \
             else victim.cmdline
-        target = self.make_target(victim, processes)
+        target = self.make_target(victim)
         line = kill_line(sig, victim, trigger, target.pgrp)
         why = describe_victim(victim, skipped, s.sort_by_rss)
         if s.dry_run:
@@ -2409,7 +2464,7 @@ class Daemon(object):
             self.log.warning('pid %d %s: %s' % (victim.pid, printable(victim.name), result.note))
         return 0.0
 
-    def make_target(self, victim, processes):
+    def make_target(self, victim):
         """Return the Target: the victim, or its process group with -g when that is safe."""
         if not self.settings.kill_pgroup:
             return Target(victim, self.calls, self.settings.proc)
@@ -2453,7 +2508,11 @@ class Daemon(object):
         """Poll until SIGTERM/SIGINT; return the exit status."""
         while not self.flags.stop:
             self.handle_flags()
-            delay = self.step()
+            try:
+                delay = self.step()
+            except Exception as exc:   # a bug or a kernel surprise must not end the watch
+                self.log.error('unexpected error, still watching: %s' % describe_exception(exc))
+                delay = NO_VICTIM_RETRY_S
             if self.helpers is not None:
                 self.helpers.poll()
             if self.service is not None:
@@ -2465,6 +2524,15 @@ class Daemon(object):
             self.flags.stop, str(self.flags.stop))
         self.log.info('%s received: exiting after %d kill(s)' % (name, self.kills))
         return EXIT_OK
+
+
+def describe_exception(exc):
+    """Return 'Type: message (file:line in function)' for one log line."""
+    import traceback
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = ' (%s:%d in %s)' % (os.path.basename(frames[-1][0]), frames[-1][1],
+                                frames[-1][2]) if frames else ''
+    return '%s: %s%s' % (type(exc).__name__, exc, where)
 
 
 def kill_line(sig, victim, trigger, pgrp=None):
@@ -2992,6 +3060,9 @@ def run(settings, environ=None):
         if settings.pidfile:
             write_pidfile(settings.pidfile)
         return serve(settings, sensor, policy, calls, caps, log, warnings, environ, report_fd)
+    except (EnvironmentProblem, OSError) as exc:
+        log.error('cannot run: %s' % exc)   # stderr may be /dev/null by now
+        return EXIT_ENV
     finally:
         remove_pidfile(settings.pidfile)
 
@@ -3040,12 +3111,11 @@ def serve(settings, sensor, policy, calls, caps, log, warnings, environ, report_
         wakeups.append('cgroup usage threshold event')
     features['wakeups'] = ', '.join(wakeups)
     # Touch every page the kill path needs before locking (ONFAULT locks only those).
-    warm = scan_processes(settings.proc, policy, sensor.member_pids())
-    victim, skipped = pick_victim(warm, settings.sort_by_rss)
+    victim, skipped = find_victim(settings.proc, policy, sensor.member_pids())
     if victim is not None:
         describe_victim(victim, skipped, settings.sort_by_rss)
         kill_line(signal.SIGTERM, victim, describe_trigger(daemon.reading, daemon.th))
-    del warm, victim, skipped
+    del victim, skipped
     release_startup_memory(calls)
     features['mlock'] = lock_memory(calls, caps, log)
     for line in startup_lines(settings, sensor, daemon.th, calls, features):

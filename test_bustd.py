@@ -579,6 +579,18 @@ class SelectionTest(TempDirTest):
         self.proc.add(12, oom_score=500)
         self.assertEqual(self.victim(), 11)
 
+    def test_lazy_search_reads_whole_records_only_for_contenders(self):
+        for pid in range(10, 60):
+            self.proc.add(pid, oom_score=pid)
+        self.proc.add(99, name='sshd', oom_score=999)
+        self.proc.add(98, oom_score=998)
+        s = settings(self.proc)
+        from unittest import mock
+        with mock.patch.object(bustd, 'read_process', wraps=bustd.read_process) as read:
+            victim, skipped = bustd.find_victim(s.proc, bustd.Policy(s))
+        self.assertEqual((victim.pid, [p.pid for p in skipped]), (98, [99]))
+        self.assertEqual(sorted(c[0][1] for c in read.call_args_list), [98, 99])
+
     def test_ties_go_to_the_larger_rss(self):
         self.proc.add(10, oom_score=700, rss_pages=10)
         self.proc.add(11, oom_score=700, rss_pages=5000)
@@ -666,7 +678,12 @@ class PolicyTest(TempDirTest):
         policy = bustd.Policy(s)
         processes = bustd.scan_processes(s.proc, policy)
         victim, skipped = bustd.pick_victim(processes, s.sort_by_rss)
-        return victim.pid if victim else None, [p.pid for p in skipped]
+        answer = victim.pid if victim else None, [p.pid for p in skipped]
+        # The kill path's lazy search must give the same answer as the full scan.
+        fast_victim, fast_skipped = bustd.find_victim(s.proc, policy)
+        self.assertEqual((fast_victim.pid if fast_victim else None,
+                          [p.pid for p in fast_skipped]), answer)
+        return answer
 
     def test_table(self):
         cases = [
@@ -1393,6 +1410,353 @@ class CgroupPressureTest(unittest.TestCase):
         while self.cgroup.pids() and time.monotonic() < deadline:
             time.sleep(0.05)
         self.assertEqual(self.cgroup.pids(), [], 'members of the group survived')
+
+
+# ----------------------------------------------------------------------------
+# The command line as a black box
+# ----------------------------------------------------------------------------
+
+class CliTest(TempDirTest):
+    BAD = [
+        (['-m', '120'], '-m/--mem-min'),
+        (['-m', 'abc'], '-m/--mem-min'),
+        (['-m', '5,10'], '-m/--mem-min'),
+        (['-s', '200'], '-s/--swap-min'),
+        (['-M', '12X'], '-M/--mem-min-size'),
+        (['-S', '-1G'], '-S/--swap-min-size'),
+        (['-p', 'abc'], '-p/--psi'),
+        (['--psi-mem-max', '101'], '--psi-mem-max'),
+        (['-r', '-1'], '-r/--report-interval'),
+        (['-r', 'often'], '-r/--report-interval'),
+        (['--bogus'], 'unrecognized arguments: --bogus'),
+        (['-m'], '-m/--mem-min'),
+        (['--match', 'pid'], '--match'),
+        (['--ignore', '('], '--ignore'),
+        (['--prefer', '[a'], '--prefer'),
+        (['--avoid', '*x'], '--avoid'),
+        (['--log-file', '/tmp/x.log', '--syslog'], '--syslog'),
+        (['--notify-title', 'x'], '--notify'),
+        (['--notify', '--notify-body', 'killed {bogus}'], '--notify-body'),
+        (['--warn', '5'], '--warn'),
+        (['-N', 'relative/hook'], '-N/--exec-after'),
+        (['-P', '/nonexistent/hook'], '-P/--exec-before'),
+        (['-P', 'NOT_EXECUTABLE'], '-P/--exec-before'),
+    ]
+
+    def test_bad_arguments_one_line_exit_2(self):
+        plain = os.path.join(self.tmp, 'plain')
+        open(plain, 'w').close()
+        for argv, flag in self.BAD:
+            with self.subTest(argv=argv):
+                # --list: were the argument wrongly accepted, no daemon would start.
+                argv = [plain if a == 'NOT_EXECUTABLE' else a for a in argv]
+                out = run_cli(*(argv + ['--list']))
+                self.assertEqual(out.returncode, 2, out.stderr)
+                lines = out.stderr.strip().split('\n')
+                self.assertEqual(len(lines), 1, out.stderr)
+                self.assertTrue(lines[0].startswith('bustd: '), lines[0])
+                self.assertIn(flag, lines[0])
+                self.assertNotIn('Traceback', out.stderr)
+                self.assertEqual(out.stdout, '')
+
+    def test_messages_say_how_to_fix(self):
+        self.assertIn('e.g.', run_cli('-m', '5,10').stderr)
+        self.assertIn('512M', run_cli('-M', 'lots').stderr)
+        self.assertIn('{name}', run_cli('--notify', '--notify-body', '{x}').stderr)
+
+    def test_help_is_a_manual(self):
+        out = run_cli('--help')
+        self.assertEqual(out.returncode, 0)
+        for section in ('NAME', 'SYNOPSIS', 'DESCRIPTION', 'THRESHOLDS', 'EXAMPLES', 'SIGNALS',
+                        'EXIT STATUS', 'PROTECTED BY DEFAULT', 'LOGS'):
+            self.assertIn('\n' + section, out.stdout)
+        for flag in ('--mem-min', '--swap-min', '--mem-min-size', '--swap-min-size', '--psi',
+                     '--psi-mem-max', '--cgroup', '--unkillables', '--ignore', '--ignore-root-user',
+                     '--no-default-unkillables', '--prefer', '--avoid', '--match', '--sort-by-rss',
+                     '--kill-pgroup', '--list', '--tasks', '--notify', '--notify-title',
+                     '--notify-body', '--warn', '--exec-after', '--exec-before', '--no-daemon',
+                     '--pidfile', '--log-file', '--syslog', '--verbose', '--report-interval',
+                     '--dry-run', '--version'):
+            self.assertIn(flag, out.stdout)
+
+    def test_version(self):
+        out = run_cli('--version')
+        self.assertEqual((out.returncode, out.stdout.strip()), (0, 'bustd ' + bustd.__version__))
+
+    def test_no_proc_is_exit_1(self):
+        out = run_cli('-n', '--proc', os.path.join(self.tmp, 'none'))
+        self.assertEqual(out.returncode, 1)
+        self.assertEqual(len(out.stderr.strip().split('\n')), 1, out.stderr)
+        self.assertIn('cannot read %s/none/meminfo' % self.tmp, out.stderr)
+
+    def test_list_on_a_fake_tree(self):
+        self.proc.add(10, name='sshd', oom_score=900)
+        self.proc.add(11, name='hog', oom_score=800, rss_pages=1 << 20)
+        out = run_cli('--list', '--proc', self.proc.root)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        lines = out.stdout.strip().split('\n')
+        self.assertIn('OOM_SCORE', lines[0])
+        self.assertIn('protected: default: sshd', lines[1])
+        self.assertIn('<- victim', lines[2])
+        self.assertIn('4.0 GiB', lines[2])
+
+    def test_list_on_this_machine(self):
+        out = run_cli('--tasks')
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertIn('PID', out.stdout)
+        rows = out.stdout.strip().split('\n')[1:]
+        pids = [int(r.split()[0]) for r in rows if r.strip()[:1].isdigit()]
+        self.assertIn(os.getpid(), pids)          # this test runner is a candidate
+
+    def test_dry_run_names_the_victim_and_sends_nothing(self):
+        self.proc.add(10, name='sshd', oom_score=900)
+        self.proc.add(11, name='hog', oom_score=800)
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=4 * GIB)
+        d = Daemon('--dry-run', '-m', '99', '-V', '--proc', self.proc.root)
+        self.assertTrue(d.wait_for('dry run, no signal sent: kill: SIGTERM pid=11 '), d.text())
+        self.assertTrue(d.wait_for('chose pid 11 because: highest oom_score 800; skipped '
+                                   'protected: 10 sshd (default: sshd)'), d.text())
+        self.assertEqual(d.stop(), 0)
+        self.assertIn('DRY RUN', d.text())
+        self.assertIn('SIGTERM received: exiting', d.text())
+
+    def test_runs_on_this_machine_and_stops_on_sigterm_and_sigint(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with self.subTest(signal=sig):
+                d = Daemon()
+                text = d.text()
+                for expected in ('watching the whole machine', 'SIGTERM when available memory <= 10.0%',
+                                 'SIGKILL when available memory <= 5.0%', 'PSI rule:',
+                                 'polling: adaptive 10..1000 ms', 'kernel features:',
+                                 'protected: default: init systemd'):
+                    self.assertIn(expected, text)
+                start = time.monotonic()
+                d.proc.send_signal(sig)
+                self.assertEqual(d.stop(), 0)
+                self.assertLess(time.monotonic() - start, 5)
+                self.assertIn('received: exiting after 0 kill(s)', d.text())
+
+    def test_unit_and_defaults_use_only_real_flags(self):
+        help_text = run_cli('--help').stdout
+        texts = []
+        for name in ('bustd.service', os.path.join('etc', 'default', 'bustd')):
+            with open(os.path.join(HERE, name)) as f:
+                texts.append(f.read())
+        import re
+        flags = set(re.findall(r'(?<![\w-])(--[a-z][a-z-]+|-[a-zA-Z])(?=[\s=\'"]|$)',
+                               texts[0].split('ExecStart=')[1].split('\n')[0] + '\n' +
+                               '\n'.join(l for l in texts[1].split('\n')
+                                         if 'BUSTD_ARGS' in l)))
+        self.assertIn('--no-daemon', flags)
+        for flag in flags:
+            self.assertRegex(help_text, r'(?<![\w-])%s\b' % re.escape(flag), flag)
+
+
+# ----------------------------------------------------------------------------
+# Daemon manners (issue 3)
+# ----------------------------------------------------------------------------
+
+def wait_until(predicate, timeout=10):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def alive(pid):
+    try:
+        with open('/proc/%d/stat' % pid, 'rb') as f:
+            return bustd.parse_stat(f.read()).state not in ('Z', 'X')
+    except OSError:
+        return False
+
+
+class DaemonizeTest(TempDirTest):
+    def test_daemonizes_with_pidfile_and_log_file(self):
+        pidfile = os.path.join(self.tmp, 'bustd.pid')
+        logfile = os.path.join(self.tmp, 'bustd.log')
+        out = run_cli('--pidfile', pidfile, '--log-file', logfile, timeout=30)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertTrue(os.path.exists(pidfile))
+        with open(pidfile) as f:
+            pid = int(f.read())
+        self.addCleanup(lambda: alive(pid) and os.kill(pid, signal.SIGKILL))
+        self.assertEqual(out.stdout.strip(), 'bustd: running as pid %d, logging to %s'
+                         % (pid, logfile))
+        self.assertTrue(alive(pid))
+        with open('/proc/%d/stat' % pid, 'rb') as f:
+            st = bustd.parse_stat(f.read())
+        self.assertNotEqual(st.ppid, os.getpid())
+        self.assertNotEqual(st.session, os.getsid(0))     # setsid: a session of its own,
+        self.assertNotEqual(st.session, pid)              # not its leader: no tty can attach
+        self.assertEqual(os.readlink('/proc/%d/cwd' % pid), '/')
+        self.assertEqual(os.readlink('/proc/%d/fd/0' % pid), '/dev/null')
+        self.assertEqual(os.readlink('/proc/%d/fd/2' % pid), '/dev/null')
+        with open('/proc/%d/status' % pid) as f:
+            self.assertIn('Umask:\t0022', f.read())
+        self.assertTrue(wait_until(lambda: 'ready: watching' in open(logfile).read()))
+        # A second one refuses the live pidfile.
+        again = run_cli('--pidfile', pidfile, '--log-file', logfile)
+        self.assertEqual(again.returncode, 1)
+        self.assertIn('names a running bustd (pid %d)' % pid, again.stderr)
+        os.kill(pid, signal.SIGTERM)
+        self.assertTrue(wait_until(lambda: not alive(pid)))
+        self.assertFalse(os.path.exists(pidfile))
+        self.assertIn('SIGTERM received: exiting', open(logfile).read())
+
+    def test_stale_pidfile_is_replaced(self):
+        pidfile = os.path.join(self.tmp, 'bustd.pid')
+        with open(pidfile, 'w') as f:
+            f.write('999999999\n')
+        d = Daemon('--pidfile', pidfile)
+        with open(pidfile) as f:
+            self.assertEqual(int(f.read()), d.proc.pid)
+        self.assertEqual(d.stop(), 0)
+        self.assertFalse(os.path.exists(pidfile))
+
+    def test_unwritable_log_file_is_exit_1(self):
+        out = run_cli('--log-file', os.path.join(self.tmp, 'no', 'such', 'dir.log'))
+        self.assertEqual(out.returncode, 1)
+        self.assertIn('cannot open the log file', out.stderr)
+
+
+class ServiceManagerTest(TempDirTest):
+    def notify_socket(self, abstract=False):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.addCleanup(sock.close)
+        if abstract:
+            name = 'bustd-test-%d' % os.getpid()
+            sock.bind('\0' + name)
+            address = '@' + name
+        else:
+            address = os.path.join(self.tmp, 'notify.sock')
+            sock.bind(address)
+        sock.settimeout(20)
+        return sock, address
+
+    def test_ready_status_and_watchdog(self):
+        for abstract in (False, True):
+            with self.subTest(abstract=abstract):
+                sock, address = self.notify_socket(abstract)
+                env = dict(os.environ, NOTIFY_SOCKET=address, WATCHDOG_USEC='400000')
+                d = subprocess.Popen([sys.executable, BUSTD, '-n'], env=env,
+                                     stderr=subprocess.DEVNULL)
+                self.addCleanup(stop, d)
+                first = sock.recv(4096).decode()
+                self.assertIn('READY=1', first)
+                self.assertIn('STATUS=watching: SIGTERM at mem <=', first)
+                self.assertIn('MAINPID=%d' % d.pid, first)
+                pings = [sock.recv(4096).decode() for _ in range(3)]
+                self.assertEqual(pings, ['WATCHDOG=1'] * 3)
+                d.terminate()
+                self.assertEqual(d.wait(10), 0)
+
+    def test_no_socket_no_fuss(self):
+        sm = bustd.ServiceManager({})
+        self.assertFalse(sm.notify('READY=1'))
+        sm.ping()
+        self.assertEqual(sm.max_sleep_s(), bustd.POLL_CEILING_S)
+
+    def test_watchdog_for_another_pid_is_ignored(self):
+        sm = bustd.ServiceManager({'WATCHDOG_USEC': '1000000', 'WATCHDOG_PID': '1'})
+        self.assertIsNone(sm.watchdog_s)
+        sm = bustd.ServiceManager({'WATCHDOG_USEC': '1000000', 'WATCHDOG_PID': str(os.getpid())})
+        self.assertEqual(sm.watchdog_s, 1.0)
+        self.assertEqual(sm.max_sleep_s(), 0.25)
+
+
+class LoggingTest(TempDirTest):
+    def run_with_stderr_file(self, journal):
+        path = os.path.join(self.tmp, 'stderr')
+        with open(path, 'w') as err:
+            st = os.fstat(err.fileno())
+            env = dict(os.environ)
+            env.pop('JOURNAL_STREAM', None)
+            if journal:
+                env['JOURNAL_STREAM'] = '%d:%d' % (st.st_dev, st.st_ino)
+            d = subprocess.Popen([sys.executable, BUSTD, '-n', '--proc', self.proc.root],
+                                 env=env, stderr=err)
+            self.addCleanup(stop, d)
+            wait_until(lambda: 'ready: watching' in open(path).read())
+            d.terminate()
+            self.assertEqual(d.wait(10), 0)
+        with open(path) as f:
+            return f.read().split('\n')
+
+    def test_journal_prefixes_when_stderr_is_the_journal(self):
+        lines = [l for l in self.run_with_stderr_file(journal=True) if l]
+        self.assertTrue(all(l[:3] in ('<3>', '<4>', '<6>', '<7>') for l in lines), lines)
+        self.assertTrue(any(l.startswith('<6>ready: watching') for l in lines), lines)
+        self.assertTrue(any(l.startswith('<4>') for l in lines), lines)   # e.g. no oom_score_adj
+
+    def test_plain_prefixes_on_a_terminal_or_file(self):
+        lines = [l for l in self.run_with_stderr_file(journal=False) if l]
+        self.assertTrue(all(l.startswith('bustd: ') for l in lines), lines)
+        self.assertFalse(any(l.startswith('<') for l in lines))
+
+    def test_journal_stream_of_another_file_is_not_the_journal(self):
+        self.assertFalse(bustd.is_journal_stream(2, {'JOURNAL_STREAM': '1:1'}))
+        self.assertFalse(bustd.is_journal_stream(2, {'JOURNAL_STREAM': 'junk'}))
+
+    def test_sighup_reopens_a_moved_log_file_and_sigusr1_logs_a_status(self):
+        logfile = os.path.join(self.tmp, 'bustd.log')
+        self.proc.add(11, name='hog', oom_score=800)
+        d = subprocess.Popen([sys.executable, BUSTD, '-n', '--log-file', logfile,
+                              '--proc', self.proc.root])
+        self.addCleanup(stop, d)
+        self.assertTrue(wait_until(lambda: os.path.exists(logfile) and
+                                   'ready: watching' in open(logfile).read()))
+        os.rename(logfile, logfile + '.1')
+        d.send_signal(signal.SIGHUP)
+        self.assertTrue(wait_until(lambda: os.path.exists(logfile)))
+        d.send_signal(signal.SIGUSR1)
+        self.assertTrue(wait_until(lambda: 'status: ' in open(logfile).read()))
+        d.terminate()
+        self.assertEqual(d.wait(10), 0)
+        new = open(logfile).read()
+        self.assertIn('SIGHUP: reopened the log (%s)' % logfile, new)
+        self.assertIn('status: mem avail: 6.0 GiB of 8.0 GiB (75.0%)', new)
+        self.assertIn('status: kills so far: 0', new)
+        self.assertRegex(new, r'status: +11 \S+ +hog +800 .*<- victim')
+        self.assertNotIn('status:', open(logfile + '.1').read())
+        self.assertRegex(new.split('\n')[0], r'^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d bustd\[%d\]: '
+                         % d.pid)
+
+    def test_syslog_sink_writes_rfc3164_datagrams(self):
+        path = os.path.join(self.tmp, 'log.sock')
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(path)
+        self.addCleanup(sock.close)
+        sink = bustd.SyslogSink(path)
+        sink.write(4, 'kill: SIGTERM pid=1')
+        self.assertEqual(sock.recv(4096).decode(),
+                         '<28>bustd[%d]: kill: SIGTERM pid=1' % os.getpid())
+        sink.write(6, 'dropped: nobody listens')      # never raises, never blocks
+        sock.recv(4096)
+
+
+class NoCtypesTest(TempDirTest):
+    def test_decides_and_kills_without_ctypes(self):
+        child = start_victim()
+        self.addCleanup(stop, child)
+        self.proc.link(child.pid)
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=700 * MIB)
+        shim = ("import sys; sys.modules['ctypes'] = None; p = sys.argv[1]; "
+                "g = {'__name__': 'bustd_noctypes', '__file__': p}; "
+                "exec(compile(open(p).read(), p, 'exec'), g); "
+                "sys.exit(g['main'](sys.argv[2:]))")
+        d = subprocess.Popen([sys.executable, '-c', shim, BUSTD, '-n', '--proc', self.proc.root],
+                             stderr=subprocess.PIPE, universal_newlines=True)
+        self.assertEqual(reap(child, 30), -signal.SIGTERM)
+        d.terminate()
+        _, err = d.communicate(timeout=10)
+        self.assertEqual(d.returncode, 0, err)
+        self.assertIn('running without ctypes (no sysinfo, mlockall, process_mrelease)', err)
+        self.assertIn('kill: SIGTERM pid=%d' % child.pid, err)
+        self.assertIn('exited: pid=%d' % child.pid, err)
+        self.assertEqual(err.count('ctypes (no sysinfo'), 1)      # one warning
 
 
 if __name__ == '__main__':
