@@ -1547,9 +1547,11 @@ class KillResult(object):
 
 
 def kill_and_wait(target, sig, check, log, grace_s=TERM_GRACE_S, wait_s=KILL_WAIT_S,
-                  clock=time.monotonic):
+                  clock=time.monotonic, announce=None):
     """Signal the target and wait for it to exit, escalating SIGTERM to SIGKILL.
 
+    `announce()` runs right after the first signal: the kill's log line is
+    written then, not before, because a hog fills memory while we format.
     `check()` returns what memory calls for now (0, SIGTERM, SIGKILL): it
     escalates at once to SIGKILL, and after grace_s a victim that ignored
     SIGTERM is killed if memory is still low.  Returns a KillResult; never
@@ -1560,6 +1562,8 @@ def kill_and_wait(target, sig, check, log, grace_s=TERM_GRACE_S, wait_s=KILL_WAI
         return KillResult(False, 0, 0.0, 'gone before the signal')
     if sig == signal.SIGKILL:
         target.release_memory()
+    if announce is not None:
+        announce()
     while True:
         if target.wait(KILL_POLL_S):
             # Members forked after the scan are signalled too (group kills).
@@ -2429,24 +2433,27 @@ class Daemon(object):
         victim.cmdline = read_cmdline(s.proc, victim.pid) if victim.cmdline is None \
             else victim.cmdline
         target = self.make_target(victim)
-        line = kill_line(sig, victim, trigger, target.pgrp)
-        why = describe_victim(victim, skipped, s.sort_by_rss)
         if s.dry_run:
             self.next_dry_run_log = now + DRY_RUN_LOG_EVERY_S
-            self.log.warning('dry run, no signal sent: ' + line)
-            self.log.info('dry run: chose pid %d because: %s' % (victim.pid, why))
+            self.log.warning('dry run, no signal sent: ' + kill_line(sig, victim, trigger,
+                                                                    target.pgrp))
+            self.log.info('dry run: chose pid %d because: %s' % (
+                victim.pid, describe_victim(victim, skipped, s.sort_by_rss)))
             return sleep_time_s(self.reading, self.th)
         if not target.open():
             self.log.info('pid %d %s exited or was replaced before the signal' % (
                 victim.pid, printable(victim.name)))
             return 0.0
         fields = victim_fields(victim, sig, self.reading, self.user_name)
+
+        def announce():
+            self.log.warning(kill_line(sig, victim, trigger, target.pgrp))
+            self.log.debug('chose pid %d because: %s' % (
+                victim.pid, describe_victim(victim, skipped, s.sort_by_rss)))
         try:
             if self.notifier is not None:
                 self.notifier.before_kill(fields, lambda: self.check_now() == signal.SIGKILL)
-            self.log.warning(line)
-            self.log.debug('chose pid %d because: %s' % (victim.pid, why))
-            result = kill_and_wait(target, sig, self.check_now, self.log)
+            result = kill_and_wait(target, sig, self.check_now, self.log, announce=announce)
         finally:
             target.close()
         self.kills += 1

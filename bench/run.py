@@ -295,6 +295,28 @@ def md_table(headers, rows):
     return '\n'.join(lines)
 
 
+def wait_exit(p, timeout_s):
+    """Wait for p to exit, waking at once (Popen.wait(timeout) polls with sleeps up to
+    50 ms); return its exit status, or None on timeout."""
+    import select
+    try:
+        fd = os.pidfd_open(p.pid)
+    except (AttributeError, OSError):
+        fd = None
+    if fd is not None:
+        try:
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            if not poller.poll(int(timeout_s * 1000)):
+                return None
+        finally:
+            os.close(fd)
+    try:
+        return p.wait(timeout_s if fd is None else 5)
+    except subprocess.TimeoutExpired:
+        return None
+
+
 def run_capture(argv, timeout=20):
     try:
         p = spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -912,7 +934,7 @@ def section_scan(opts):
                 p = spawn([PY, BUSTD, '--list'], stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL)
                 try:
-                    rc = p.wait(120)
+                    rc = wait_exit(p, 120)
                 finally:
                     CLEAN.stop_proc(p)
                 lists.append((time.monotonic() - t0) * 1000.0 if rc == 0 else None)
