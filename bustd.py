@@ -1760,10 +1760,13 @@ class Helpers(object):
                 self._drain(helper)
                 self._finish(pid, helper, _status_text(status))
             elif now >= deadline:
-                try:
-                    os.killpg(pid, signal.SIGKILL)
-                except OSError:
-                    pass
+                # The group takes the helper's children too; the pid itself in
+                # case the child has not reached setsid() yet.
+                for kill in (os.killpg, os.kill):
+                    try:
+                        kill(pid, signal.SIGKILL)
+                    except OSError:
+                        pass
                 os.waitpid(pid, 0)   # SIGKILLed: returns at once
                 self._finish(pid, helper, 'killed after %.1f s timeout' % self.timeout_s)
 

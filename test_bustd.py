@@ -1759,5 +1759,267 @@ class NoCtypesTest(TempDirTest):
         self.assertEqual(err.count('ctypes (no sysinfo'), 1)      # one warning
 
 
+# ----------------------------------------------------------------------------
+# Notifications and hooks (issue 6): fake buses, fake notify-send, fake hooks
+# ----------------------------------------------------------------------------
+
+RECORDER = """#!/bin/sh
+# Records how it was called, for the test that wrote it.
+PATH=/usr/bin:/bin; export PATH
+out="%(out)s/$(basename "$0").$$"
+{
+  echo "uid=$(id -u) gid=$(id -g)"
+  echo "bus=$DBUS_SESSION_BUS_ADDRESS"
+  env | grep '^BUSTD_' | sort
+  for a in "$@"; do echo "arg=$a"; done
+} > "$out.tmp" && mv "$out.tmp" "$out"
+echo "said hello on stdout"
+%(tail)s
+"""
+
+
+class HelpersTest(TempDirTest):
+    def setUp(self):
+        TempDirTest.setUp(self)
+        os.chmod(self.tmp, 0o755)      # helpers may run as another user
+        self.bin = os.path.join(self.tmp, 'bin')
+        self.out = os.path.join(self.tmp, 'out')
+        os.makedirs(self.bin)
+        os.makedirs(self.out)
+        os.chmod(self.out, 0o777)
+        self.run_root = os.path.join(self.tmp, 'run')
+        self.log, self.sink = make_log()
+
+    def script(self, name, tail='exit 0'):
+        path = os.path.join(self.bin, name)
+        with open(path, 'w') as f:
+            f.write(RECORDER % {'out': self.out, 'tail': tail})
+        os.chmod(path, 0o755)
+        return path
+
+    def records(self, name):
+        found = []
+        for entry in sorted(os.listdir(self.out)):
+            if entry.startswith(name + '.') and not entry.endswith('.tmp'):
+                with open(os.path.join(self.out, entry)) as f:
+                    found.append(f.read().split('\n'))
+        return found
+
+    def bus(self, uid, real=True):
+        d = os.path.join(self.run_root, 'user', str(uid))
+        os.makedirs(d)
+        path = os.path.join(d, 'bus')
+        if real:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.bind(path)
+            self.addCleanup(sock.close)
+        else:
+            open(path, 'w').close()
+        return path
+
+    def notifier(self, **kw):
+        kw.setdefault('run_root', self.run_root)
+        s = bustd.Settings(**kw)
+        helpers = bustd.Helpers(self.log)
+        env = {'PATH': self.bin}
+        return bustd.Notifier(s, helpers, self.log, environ=env), helpers
+
+    def finish(self, helpers, timeout=10):
+        self.assertTrue(wait_until(lambda: helpers.poll() or not helpers.running, timeout))
+
+    def victim_fields(self):
+        p = bustd.Process()
+        p.pid, p.name, p.uid, p.rss_kib, p.cmdline = 4242, 'firefox', 1000, 3 * GIB + 200 * MIB, \
+            'firefox -P work'
+        return bustd.victim_fields(p, signal.SIGTERM, reading(8 * GIB, 330 * MIB),
+                                   lambda uid: 'alice')
+
+    def assert_no_zombie_children(self):
+        for pid in bustd.iter_pids('/proc'):
+            st = bustd.parse_stat(bustd.read_small('/proc/%d/stat' % pid) or b'')
+            if st and st.ppid == os.getpid():
+                self.assertNotIn(st.state, ('Z',), 'zombie child %d %s' % (pid, st.name))
+
+    def test_session_buses(self):
+        alice = self.bus(1000)
+        self.bus(1001, real=False)                  # not a socket
+        os.makedirs(os.path.join(self.run_root, 'user', 'abc'))
+        self.assertEqual(bustd.session_buses(self.run_root), [(1000, alice)])
+        self.assertEqual(bustd.session_buses(os.path.join(self.tmp, 'none')), [])
+
+    def test_notify_send_runs_as_each_user_with_their_bus(self):
+        self.script('notify-send')
+        alice = self.bus(1000)
+        bob = self.bus(1001)
+        notifier, helpers = self.notifier(notify=True)
+        notifier.after_kill(self.victim_fields())
+        self.finish(helpers)
+        records = self.records('notify-send')
+        self.assertEqual(len(records), 2)
+        users = sorted((r[0], r[1]) for r in records)
+        self.assertEqual(users, [('uid=1000 gid=1000', 'bus=unix:path=' + alice),
+                                 ('uid=1001 gid=1001', 'bus=unix:path=' + bob)])
+        args = records[0]
+        self.assertIn('arg=bustd: low memory', args)
+        self.assertIn('arg=bustd: killed firefox (pid 4242) to free 3.2 GiB; memory was at 4.0%',
+                      args)
+        self.assertIn('notify 1000 (pid', self.sink.text())
+        self.assertIn('output: said hello on stdout', self.sink.text())
+        self.assert_no_zombie_children()
+
+    def test_custom_templates(self):
+        self.script('notify-send')
+        self.bus(1000)
+        notifier, helpers = self.notifier(notify=True, notify_title='{user}: {name} got {signal}',
+                                          notify_body='{rss} {uid} {cmdline} {mem_percent}')
+        notifier.after_kill(self.victim_fields())
+        self.finish(helpers)
+        args = self.records('notify-send')[0]
+        self.assertIn('arg=alice: firefox got SIGTERM', args)
+        self.assertIn('arg=3.2 GiB 1000 firefox -P work 4.0', args)
+
+    def test_falls_back_to_gdbus_then_dbus_send(self):
+        self.bus(1000)
+        self.script('dbus-send')
+        notifier, helpers = self.notifier(notify=True)
+        self.assertTrue(notifier.program.endswith('dbus-send'))
+        self.script('gdbus')
+        notifier, helpers = self.notifier(notify=True)
+        self.assertTrue(notifier.program.endswith('gdbus'))
+        notifier.after_kill(self.victim_fields())
+        self.finish(helpers)
+        args = self.records('gdbus')[0]
+        self.assertIn('arg=org.freedesktop.Notifications.Notify', args)
+        self.assertIn('arg=--session', args)
+
+    def test_no_notifier_is_one_warning(self):
+        self.bus(1000)
+        notifier, helpers = self.notifier(notify=True)
+        self.assertIsNone(notifier.program)
+        self.assertEqual(self.sink.text().count('desktop notifications are off'), 1)
+        notifier.after_kill(self.victim_fields())
+        self.assertEqual(helpers.running, {})
+
+    def test_after_hook_gets_the_facts(self):
+        hook = self.script('after-hook')
+        notifier, helpers = self.notifier(exec_after=hook)
+        notifier.after_kill(self.victim_fields())
+        self.finish(helpers)
+        record = self.records('after-hook')[0]
+        for line in ('BUSTD_PID=4242', 'BUSTD_NAME=firefox', 'BUSTD_UID=1000',
+                     'BUSTD_CMDLINE=firefox -P work', 'BUSTD_RSS_KIB=%d' % (3 * GIB + 200 * MIB),
+                     'BUSTD_SIGNAL=SIGTERM', 'BUSTD_MEM_AVAILABLE_PERCENT=4.0'):
+            self.assertIn(line, record)
+        self.assertIn('-N hook (pid', self.sink.text())
+        self.assertIn(': exit 0', self.sink.text())
+
+    def test_failing_hook_costs_one_log_line(self):
+        hook = self.script('after-hook', tail='exit 3')
+        notifier, helpers = self.notifier(exec_after=hook)
+        notifier.after_kill(self.victim_fields())
+        self.finish(helpers)
+        self.assertEqual(self.sink.text().count('exit 3'), 1)
+
+    def test_hanging_helper_is_killed_after_its_timeout_and_reaped(self):
+        hook = self.script('after-hook', tail='exec sleep 1000')
+        helpers = bustd.Helpers(self.log, timeout_s=0.3)
+        pids = helpers.start_batch([bustd.Command([hook], {'PATH': '/usr/bin:/bin'}, 'hook')])
+        self.assertEqual(len(pids), 1)
+        self.assertTrue(alive(pids[0]))
+        self.finish(helpers, timeout=5)
+        self.assertFalse(os.path.exists('/proc/%d' % pids[0]))      # killed and reaped
+        self.assertIn('killed after 0.3 s timeout', self.sink.text())
+        self.assert_no_zombie_children()
+
+    def test_one_batch_at_a_time(self):
+        hook = self.script('after-hook', tail='exec sleep 1000')
+        helpers = bustd.Helpers(self.log, timeout_s=5)
+        first = helpers.start_batch([bustd.Command([hook], {}, 'first')])
+        second = helpers.start_batch([bustd.Command([hook], {}, 'second')])
+        self.assertEqual(len(first), 1)
+        self.assertEqual(second, [])
+        self.assertIn('helpers still running (first): not starting second', self.sink.text())
+        helpers.kill(first, 'test over')
+        self.assertEqual(helpers.running, {})
+
+    def test_missing_program_costs_one_log_line(self):
+        helpers = bustd.Helpers(self.log)
+        helpers.start_batch([bustd.Command(['/nonexistent/prog'], {}, 'ghost')])
+        self.finish(helpers)
+        self.assertIn('ghost (pid', self.sink.text())
+        self.assertIn('exit 127', self.sink.text())
+
+    def test_before_hook_budget(self):
+        cases = [('exit 0', False), ('exec sleep 1000', True)]
+        for tail, overran in cases:
+            with self.subTest(tail=tail):
+                hook = self.script('before-hook', tail=tail)
+                notifier, helpers = self.notifier(exec_before=hook, before_budget_s=0.5)
+                start = time.monotonic()
+                notifier.before_kill(self.victim_fields(), interrupt=lambda: False)
+                self.assertEqual(helpers.running, {})   # finished, or killed at the budget
+                self.assertEqual('still running after 0.5 s' in self.sink.text(), overran)
+                if overran:
+                    self.assertGreaterEqual(time.monotonic() - start, 0.5)
+        self.assert_no_zombie_children()
+
+    def test_before_hook_is_cut_short_when_memory_reaches_the_kill_level(self):
+        hook = self.script('before-hook', tail='exec sleep 1000')
+        notifier, helpers = self.notifier(exec_before=hook, before_budget_s=30)
+        notifier.before_kill(self.victim_fields(), interrupt=lambda: True)
+        self.assertEqual(helpers.running, {})
+        self.assertIn('killing it; the kill goes ahead', self.sink.text())
+
+    def test_warn_is_rate_limited(self):
+        self.script('notify-send')
+        self.bus(1000)
+        notifier, helpers = self.notifier(notify=True, warn_percent=20)
+        r = reading(8 * GIB, GIB)
+        self.assertTrue(notifier.warn_low(r, 1000.0))
+        self.assertFalse(notifier.warn_low(r, 1000.0 + bustd.WARN_EVERY_S - 1))
+        self.finish(helpers)
+        self.assertTrue(notifier.warn_low(r, 1000.0 + bustd.WARN_EVERY_S))
+        self.finish(helpers)
+        self.assertEqual(self.sink.text().count('memory low: 12.5% available (--warn 20%)'), 2)
+        args = self.records('notify-send')[0]
+        self.assertIn('arg=bustd: memory is low', args)
+        self.assertIn('arg=Only 12.5% of memory is available: save your work.', args)
+
+    def test_render_leaves_unknown_fields(self):
+        self.assertEqual(bustd.render('{name} {nope}', {'name': 'x'}), 'x {nope}')
+
+
+class HooksInTheLoopTest(TempDirTest):
+    """A hanging -N hook never delays the next kill."""
+
+    def test_daemon_keeps_killing_while_a_hook_hangs(self):
+        hook = os.path.join(self.tmp, 'hang')
+        with open(hook, 'w') as f:
+            f.write('#!/bin/sh\nexec sleep 1000\n')
+        os.chmod(hook, 0o755)
+        first, second = start_victim(), start_victim()
+        for child in (first, second):
+            self.addCleanup(stop, child)
+            self.proc.link(child.pid)
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=700 * MIB)
+        log, sink = make_log()
+        s = settings(self.proc, exec_after=hook)
+        sensor = bustd.MachineSensor(s.proc)
+        sensor.check()
+        helpers = bustd.Helpers(log, timeout_s=60)
+        self.addCleanup(lambda: helpers.kill(list(helpers.running), 'cleanup'))
+        d = bustd.Daemon(s, sensor, bustd.Policy(s), bustd.load_kernel_calls(), log,
+                         bustd.Notifier(s, helpers, log), helpers)
+        d.start()
+        d.step()
+        hook_pids = list(helpers.running)
+        self.assertEqual(len(hook_pids), 1)
+        d.step()                                    # the second victim, hook still hanging
+        self.assertTrue(alive(hook_pids[0]))
+        self.assertEqual(sorted(-reap(c) for c in (first, second)), [signal.SIGTERM] * 2)
+        self.assertEqual(sink.text().count('exited: pid='), 2)
+        self.assertIn('helpers still running (-N hook): not starting -N hook', sink.text())
+
+
 if __name__ == '__main__':
     unittest.main()

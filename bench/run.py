@@ -550,6 +550,7 @@ def header(argv):
         ('CPU', '%s, %d cores' % (cpu_model(), os.cpu_count() or 0)),
         ('RAM', '%.1f GiB, swap %.1f GiB' % (mi.get('MemTotal', 0) / 1048576.0,
                                              mi.get('SwapTotal', 0) / 1048576.0)),
+        ('load average at start', (read_text('/proc/loadavg', '?') or '?').strip()),
         ('bustd.py', '%s, git %s, sha256 %s' % (
             bustd_version.group(1) if bustd_version else '?', git_state(),
             file_digest(BUSTD))),
@@ -624,7 +625,9 @@ def idle_sessions(opts, want_memory, want_cpu):
                         problems[name] = 'exited during the CPU window'
                         continue
                     entry = cpu.setdefault(name, {'ms_per_h': [], 'wakeups': [],
-                                                  'invol': [], 'cpu_ms': []})
+                                                  'invol': [], 'cpu_ms': [], 'per_wake': []})
+                    entry['per_wake'].append((a[0] - b[0]) / 1e3 / (a[1] - b[1])
+                                             if a[1] > b[1] else None)
                     entry['cpu_ms'].append((a[0] - b[0]) / 1e6)
                     entry['ms_per_h'].append((a[0] - b[0]) / 1e6 * 3600.0 / elapsed)
                     entry['wakeups'].append((a[1] - b[1]) / elapsed)
@@ -664,6 +667,10 @@ def report_memory(specs, bares, mem, problems, opts):
                      fmt_stat(mib(m['VmLck']), '%.2f'), fmt_stat(m['Threads'], '%d'),
                      '`%s`' % argv.replace(BUSTD, 'bustd.py').replace(ROOT + '/', '')])
     out.append(md_table(['process', 'VmRSS', 'RssAnon', 'VmLck', 'threads', 'command'], rows))
+    out.append('')
+    out.append('VmLck is the size of the locked mappings: after mlockall(MCL_CURRENT|'
+               'MCL_FUTURE|MCL_ONFAULT) it counts whole mappings, of which only the touched '
+               'pages are resident, so it can exceed VmRSS.')
     out.append('')
 
     def med(name, key):
@@ -711,18 +718,18 @@ def report_cpu(specs, bares, cpu, problems, opts):
     rows = []
     for name in names:
         if name in why_not:
-            rows.append([name, why_not[name], '', '', '', ''])
+            rows.append([name, why_not[name], '', '', '', '', ''])
             continue
         c = cpu.get(name)
         if not c:
-            rows.append([name, 'no data: %s' % problems.get(name, '?'), '', '', '', ''])
+            rows.append([name, 'no data: %s' % problems.get(name, '?'), '', '', '', '', ''])
             continue
         rows.append([name, fmt_stat(c['ms_per_h'], '%.0f'), fmt_stat(c['wakeups'], '%.2f'),
-                     fmt_stat(c['invol'], '%.2f'),
+                     fmt_stat(c['per_wake'], '%.0f'), fmt_stat(c['invol'], '%.2f'),
                      ratio(median(c['ms_per_h']), eo_cpu) if eo_cpu else 'n/a',
                      ratio(median(c['wakeups']), eo_wake) if eo_wake else 'n/a'])
     out.append(md_table(['process', 'CPU ms per hour', 'wake-ups/s (voluntary)',
-                         'involuntary switches/s', 'CPU vs earlyoom',
+                         'CPU µs per wake-up', 'involuntary switches/s', 'CPU vs earlyoom',
                          'wake-ups vs earlyoom'], rows))
     return '\n'.join(out)
 
@@ -788,8 +795,42 @@ def section_poll(opts):
         ('(b\') exact path with PSI: `sensor.read_exact(reading, None)` + `decide`' +
          ('' if psi_read_in_c else ' (no PSI here)'), exact_psi, max(1, n // 5)),
     ]
-    for label, fn, iters in cases:
-        values = time_per_call_us(fn, iters, r)
+    cg_note = None
+    cg = None
+    try:
+        parent = own_memory_cgroup()
+        cg = make_cgroup(parent, 'bustd-bench-%d-poll' % os.getpid(), CGROUP_LIMIT)
+        cg_sensor = bustd.CgroupSensor(cg, 1, bustd.MachineSensor('/proc', calls), None)
+        cg_sensor.check()
+        cg_reading = bustd.Reading()
+        cg_sensor.read_exact(cg_reading, None)
+        cg_th = bustd.compute_thresholds(bustd.Settings(), cg_reading.mem_total_kib,
+                                         cg_reading.swap_total_kib)
+
+        def cg_cheap():
+            cg_sensor.read(cg_reading, cg_th)
+            decide(cg_reading, cg_th)
+
+        def cg_exact():
+            cg_sensor.read_exact(cg_reading, cg_th)
+            decide(cg_reading, cg_th)
+
+        cases += [
+            ('(c) cgroup v1, 512 MiB limit, empty: `CgroupSensor.read` + `decide` (cheap: '
+             'memory.usage_in_bytes)', cg_cheap, n),
+            ('(d) cgroup v1: `CgroupSensor.read_exact` + `decide` (what each poll costs '
+             'from 85 % usage on)', cg_exact, max(1, n // 5)),
+        ]
+    except (RuntimeError, OSError, AttributeError, TypeError) as exc:
+        cg_note = 'cgroup rows skipped: %s' % exc
+    try:
+        measured = []
+        for label, fn, iters in cases:
+            measured.append((label, time_per_call_us(fn, iters, r), iters))
+    finally:
+        if cg is not None:
+            CLEAN.remove_cgroup(cg)
+    for label, values, iters in measured:
         med_us = statistics.median(values)
         rows.append([label, fmt_stat(values, '%.2f'), '%d × %d' % (r, iters),
                      '%.0f' % (med_us * 3600 / 1000.0)])
@@ -804,8 +845,14 @@ def section_poll(opts):
     out.append('')
     out.append(md_table(['step', 'µs per call', 'repeats × iterations',
                          'CPU ms per hour at 1 poll/s'], rows))
+    out.append('')
+    out.append('These are warm figures (the same call in a tight loop).  A real idle poll '
+               'comes after ~1 s of sleep with cold caches and also runs the daemon loop '
+               'around the read; section 2\'s "CPU µs per wake-up" is the real cost.')
     if warnings:
         out += ['', 'Sensor warnings: ' + '; '.join(warnings)]
+    if cg_note:
+        out += ['', cg_note]
     return '\n'.join(out)
 
 
@@ -927,6 +974,16 @@ def section_scan(opts):
                 victim, _ = bustd.pick_victim(procs, False)
                 times.append((time.perf_counter() - t0) * 1000.0)
                 found = len(procs)
+            # The daemon's kill path uses find_victim (reads oom_score of every
+            # process, whole records only for the few that can win), where it exists.
+            fv_times, fv_same = [], []
+            if hasattr(bustd, 'find_victim'):
+                for _ in range(opts.scan_repeats):
+                    t0 = time.perf_counter()
+                    fv, _ = bustd.find_victim('/proc', policy)
+                    fv_times.append((time.perf_counter() - t0) * 1000.0)
+                    ref, _ = bustd.pick_victim(bustd.scan_processes('/proc', policy), False)
+                    fv_same.append((fv.pid if fv else None) == (ref.pid if ref else None))
             note('scan: timing `bustd.py --list` end to end')
             lists = []
             for _ in range(opts.list_repeats):
@@ -951,9 +1008,15 @@ def section_scan(opts):
                 eo_cell = 'not installed' if EARLYOOM is None else 'no --dryrun: not run'
                 eo_seen, eo_times = '', []
             b_med = median(times)
+            fv_med = median(fv_times)
             rows.append(['+%d' % size, total, found, fmt_stat(times, '%.2f'),
+                         (fmt_stat(fv_times, '%.2f') + ('' if all(fv_same) else
+                                                        ' (victim differs %d/%d)' % (
+                                                            fv_same.count(False), len(fv_same))))
+                         if fv_times else 'n/a',
                          fmt_stat(lists, '%.0f'), eo_cell, eo_seen,
-                         ratio(b_med, median(eo_times)) if eo_times else 'n/a'])
+                         ratio(b_med, median(eo_times)) if eo_times else 'n/a',
+                         ratio(fv_med, median(eo_times)) if eo_times and fv_med else 'n/a'])
     finally:
         for h in reversed(helpers):
             h.stop()
@@ -964,13 +1027,18 @@ def section_scan(opts):
                '-m 99 -s 100 -r 0` (always below its level, so it scans every 100 ms and '
                'sends nothing; its start-up self-test scan is left out) for %g s with '
                'stderr to a file.  earlyoom\'s figure includes printing one debug line per '
-               'process.  Milliseconds.' % (opts.scan_repeats, opts.list_repeats,
-                                            opts.eo_scan_s))
+               'process.  `bustd.find_victim(\'/proc\', policy)` is what the daemon\'s kill '
+               'path calls (oom_score of every process, whole records only for those that '
+               'can still win); each of its runs was checked against scan_processes + '
+               'pick_victim for the same victim.  Milliseconds.' % (
+                   opts.scan_repeats, opts.list_repeats, opts.eo_scan_s))
     out.append('')
     out.append(md_table(['extra idle processes', 'processes on the machine',
-                         'bustd saw (user space)', 'bustd scan + pick (ms)',
-                         'bustd --list end to end (ms)', 'earlyoom "selecting victim took" (ms)',
-                         'earlyoom debug lines per scan', 'bustd / earlyoom'], rows))
+                         'bustd saw (user space)', 'bustd scan_processes + pick_victim (ms)',
+                         'bustd find_victim (ms)', 'bustd --list end to end (ms)',
+                         'earlyoom "selecting victim took" (ms)',
+                         'earlyoom debug lines per scan', 'scan + pick / earlyoom',
+                         'find_victim / earlyoom'], rows))
     return '\n'.join(out)
 
 
@@ -1145,15 +1213,32 @@ def pressure_run(parent, tag, rate, watcher):
         term_kib = int(CGROUP_LIMIT // 1024 * 10 / 100)
         threshold = CGROUP_LIMIT - term_kib * 1024
         cross = next((rec for rec in records if rec[2] >= threshold), None)
-        res['t_cross'] = cross[0] if cross else None
+        t_cross = cross[0] if cross else None
+        if cross is None and max_usage >= threshold and len(records) >= 2:
+            # Killed between the crossing allocation and its record.
+            last = records[-1]
+            if rate and start:
+                # Rate-limited: the next chunk started on schedule (or at once if late).
+                t_cross = max(last[0], start[0] + last[1] / float(rate))
+                res['cross_extrapolated'] = True
+            else:
+                # Full speed: extrapolate the usage slope of the last records.
+                first = records[max(0, len(records) - 20)]
+                if last[0] > first[0] and last[2] > first[2]:
+                    slope = (last[2] - first[2]) / (last[0] - first[0])
+                    t_cross = last[0] + (threshold - last[2]) / slope
+                    res['cross_extrapolated'] = True
+        res['t_cross'] = t_cross
         if kill:
             res['bustd_signal'] = kill[1]
             res['bustd_saw_mib'] = kill[2]
-            res['delay_ms'] = (kill[0] - cross[0]) * 1000.0 if cross else None
+            res['delay_ms'] = (kill[0] - t_cross) * 1000.0 if t_cross is not None else None
             before = [rec for rec in records if rec[0] <= kill[0]]
             res['usage_at_kill_mib'] = before[-1][2] / float(MiB) if before else None
         if exited:
             res['exit_after_ms'] = exited[2] * 1000.0
+            if kill:
+                res['kill_to_exited_ms'] = (exited[0] - kill[0]) * 1000.0
         killed_by_watcher = kill is not None and res['kernel_oom_kills'] == 0 and \
             res['hog_exit'] in ('SIGTERM', 'SIGKILL')
         res['first'] = killed_by_watcher
@@ -1237,26 +1322,33 @@ def section_pressure(opts):
                      fmt_stat([r.get('headroom_mib') for r in runs], '%.1f'),
                      fmt_stat([r.get('bustd_saw_mib') for r in runs], '%.1f'),
                      fmt_stat([r.get('delay_ms') for r in runs], '%.1f'),
-                     fmt_stat([r.get('exit_after_ms') for r in runs], '%.0f')])
+                     fmt_stat([r.get('kill_to_exited_ms') for r in runs], '%.1f')])
     out.append(md_table(['hog rate', 'bustd.py killed it first', 'kernel OOM kills',
                          'hog died of', 'measured hog MiB/s', 'least memory left (MiB)',
                          'bustd logged mem_available (MiB)', 'delay threshold → SIGTERM (ms)',
-                         'SIGTERM → exit (ms, bustd\'s after=)'], rows))
+                         '`kill:` → `exited:` lines (ms)'], rows))
     out.append('')
     out.append('Every run:')
     out.append('')
     rows = []
     for idx, r in enumerate(results):
         if r.get('error'):
-            rows.append([rate_label(r['rate']), 'error', r['error'], '', '', '', '', ''])
+            rows.append([rate_label(r['rate']), 'error', r['error'], '', '', '', '', '', ''])
             continue
         rows.append([rate_label(r['rate']), 'yes' if r.get('first') else 'no', r.get('killer'),
                      r.get('hog_exit'), r.get('kernel_oom_kills'),
                      fmt(r.get('max_usage', 0) / float(MiB)), fmt(r.get('headroom_mib')),
-                     fmt(r.get('delay_ms'))])
+                     fmt(r.get('delay_ms')) + (' *' if r.get('cross_extrapolated') else ''),
+                     r.get('hog_alloc_mib', '')])
     out.append(md_table(['hog rate', 'bustd.py first', 'killed by', 'hog exit',
-                         'oom_kill Δ', 'max usage (MiB)', 'least left (MiB)', 'delay (ms)'],
-                        rows))
+                         'oom_kill Δ', 'max usage (MiB)', 'least left (MiB)', 'delay (ms)',
+                         'hog MiB allocated (last record)'], rows))
+    if any(r.get('cross_extrapolated') for r in results):
+        out.append('')
+        out.append('\\* the hog was stopped between the allocation that crossed 90 % and its '
+                   'record: the crossing is taken as the start of that allocation (rate-limited '
+                   'hogs: its scheduled time) or extrapolated from the usage slope of the last '
+                   '20 records (full speed).')
     # The peers: machine-wide only.
     out.append('')
     out.append(peer_cgroup_demo(parent, opts))
@@ -1465,7 +1557,8 @@ def main(argv):
             print(text)
             print()
             sys.stdout.flush()
-        print('Total bench time: %.0f s.' % (time.monotonic() - started))
+        print('Total bench time: %.0f s; load average at the end: %s.' % (
+            time.monotonic() - started, (read_text('/proc/loadavg', '?') or '?').strip()))
     except KeyboardInterrupt:
         note('interrupted: cleaning up')
         status = 130
