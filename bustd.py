@@ -21,7 +21,7 @@ How it stays cheap and quick
   Each poll costs one sysinfo(2) call; /proc/meminfo and PSI are read only
   when sysinfo says memory may be near a threshold.  The sleep between polls
   is the time the headroom would last at a worst-case fill rate (10 ms ..
-  1 s); a PSI trigger, and in cgroup v1 mode a usage threshold event, wake
+  3 s); a PSI trigger, and in cgroup v1 mode a usage threshold event, wake
   it early.  Victims are signalled through pidfds, so a recycled PID is
   never hit.  The daemon locks itself in memory and sets its own
   oom_score_adj to -1000 where it may.
@@ -73,8 +73,12 @@ DEFAULT_PSI_MEM_MAX_PERCENT = 15.0   # bustd's figure
 # The floor bounds how far a faster hog can overshoot a threshold between
 # two polls (3 GB/s x 10 ms = 30 MB); a poll costs ~10 us, so even polling
 # at the floor costs 0.1 % of a CPU, and only when memory is nearly gone.
+# The ceiling only binds with more than 24 GiB of headroom (the fill rate
+# bounds every sleep); a Python wake-up costs ~2x earlyoom's, so waking at
+# most every 3 s instead of 1 s keeps idle CPU at or below earlyoom's.
 POLL_FLOOR_S = 0.010
-POLL_CEILING_S = 1.0
+POLL_CEILING_S = 3.0
+LIMIT_REFRESH_S = 1.0   # cgroup limits are re-read at most this often
 MEM_FILL_RATE_KIB_S = 8 * 1024 * 1024
 # Swap fills at the speed of the swap device; earlyoom's 800 MB/s is generous.
 SWAP_FILL_RATE_KIB_S = 800 * 1024
@@ -577,6 +581,7 @@ class MachineSensor(object):
         # only when it is the real /proc (not a test's tree or a host's copy).
         self.sysinfo = calls.sysinfo if calls and proc == '/proc' else None
         self.reserve_kib = None
+        self.uses_sysinfo = False
         self.has_mem_available = True
         self.has_psi = False
 
@@ -607,12 +612,9 @@ class MachineSensor(object):
                 # Doubled: watermark boosts move the reserve at run time, and
                 # a larger reserve only means more exact reads, never a miss.
                 self.reserve_kib = 2 * parse_zoneinfo_reserve_kib(zoneinfo, page_kib)
+        # Polls start with the cheap sysinfo(2) reading only with both parts.
+        self.uses_sysinfo = self.sysinfo is not None and self.reserve_kib is not None
         return warnings
-
-    @property
-    def uses_sysinfo(self):
-        """True when polls start with the cheap sysinfo(2) reading."""
-        return self.sysinfo is not None and self.reserve_kib is not None
 
     def describe(self):
         """Return what the readings come from, for the start-up lines."""
@@ -634,7 +636,7 @@ class MachineSensor(object):
                 return reading
         return self.read_exact(reading, th)
 
-    def read_exact(self, reading, th=None):
+    def read_exact(self, reading, th=None, with_psi=True):
         """Fill `reading` from /proc/meminfo (and PSI when the rule may apply)."""
         data = read_file(self.meminfo_path)
         fields = parse_meminfo(data) if data else {}
@@ -647,7 +649,8 @@ class MachineSensor(object):
             reading.exact = True
         else:   # unreadable for a moment: keep the last figures, act on nothing new
             reading.exact = False
-        self.read_psi(reading, th)
+        if with_psi:
+            self.read_psi(reading, th)
         return reading
 
     def read_psi(self, reading, th):
@@ -769,6 +772,8 @@ class CgroupSensor(object):
         self.log = log
         self.limit_kib = None
         self.swap_limit_kib = None
+        self.next_refresh = 0.0
+        self.next_refresh_logged = False
         self.host = Reading()
         v2 = version == 2
         self.usage_path = path + ('/memory.current' if v2 else '/memory.usage_in_bytes')
@@ -809,22 +814,41 @@ class CgroupSensor(object):
     def describe(self):
         return 'cgroup v%d %s (%s)' % (self.version, self.path, self.files())
 
-    def refresh_limits(self):
-        """Re-read the effective memory and swap limits (KiB; None = unlimited)."""
-        self.machine.read_exact(self.host)
-        host_total = self.host.mem_total_kib
+    def refresh_limits(self, stat=None, now=None):
+        """Re-read the effective memory and swap limits (KiB; None = unlimited).
+
+        At most once per LIMIT_REFRESH_S: limits change rarely (systemctl
+        set-property), and exact readings come every 10 ms near a threshold.
+        `stat` is memory.stat already read by the caller (v1 keeps the
+        hierarchical limits there).
+        """
+        now = time.monotonic() if now is None else now
+        if now < self.next_refresh:
+            return
+        self.next_refresh = now + LIMIT_REFRESH_S
+        self.machine.read_exact(self.host, with_psi=False)   # the host's RAM and swap
         if self.version == 2:
             limit = _cgroup_v2_limit_bytes(self.path, 'memory.max')
             swap = _cgroup_v2_limit_bytes(self.path, 'memory.swap.max')
         else:
-            stat = parse_meminfo(read_file(self.stat_path) or b'')
-            limit = stat.get('hierarchical_memory_limit', read_int(
-                self.path + '/memory.limit_in_bytes'))
-            memsw = stat.get('hierarchical_memsw_limit', read_int(
-                self.path + '/memory.memsw.limit_in_bytes'))
+            if stat is None:
+                stat = parse_meminfo(read_file(self.stat_path) or b'')
+            limit = stat.get('hierarchical_memory_limit')
+            if limit is None:
+                limit = read_int(self.path + '/memory.limit_in_bytes')
+            memsw = stat.get('hierarchical_memsw_limit')
+            if memsw is None:
+                memsw = read_int(self.path + '/memory.memsw.limit_in_bytes')
             swap = None if memsw is None or limit is None else max(0, memsw - limit)
         limit_kib = None if limit is None else limit // 1024
-        self.limit_kib = limit_kib if limit_kib is not None and limit_kib < host_total else None
+        if limit_kib is not None and limit_kib >= self.host.mem_total_kib:
+            limit_kib = None
+        if limit_kib != self.limit_kib and self.log is not None and self.next_refresh_logged:
+            self.log.info('cgroup %s: memory limit now %s' % (
+                self.path, 'none (using the machine\'s figures)' if limit_kib is None
+                else format_kib(limit_kib)))
+        self.next_refresh_logged = True
+        self.limit_kib = limit_kib
         swap_kib = self.host.swap_total_kib
         if swap is not None:
             swap_kib = min(swap_kib, swap // 1024)
@@ -833,7 +857,9 @@ class CgroupSensor(object):
     def read(self, reading, th):
         """Fill `reading`; exact only when limit - usage is near th.trigger_kib."""
         if self.limit_kib is None:
-            return self.machine.read(reading, th)
+            self.refresh_limits()     # a limit may be set later
+            if self.limit_kib is None:
+                return self.machine.read(reading, th)
         usage = read_int(self.usage_path)
         if usage is not None:
             lower = self.limit_kib - usage // 1024
@@ -847,11 +873,11 @@ class CgroupSensor(object):
 
     def read_exact(self, reading, th=None):
         """Fill `reading` from the cgroup's usage, limit, memory.stat, swap and PSI."""
-        self.refresh_limits()
+        stat = parse_meminfo(read_file(self.stat_path) or b'')
+        self.refresh_limits(stat)
         if self.limit_kib is None:
             return self.machine.read_exact(reading, th)
         usage = read_int(self.usage_path)
-        stat = parse_meminfo(read_file(self.stat_path) or b'')
         if usage is None:
             reading.exact = False
             return reading
@@ -2516,20 +2542,23 @@ class Daemon(object):
 
     def run(self):
         """Poll until SIGTERM/SIGINT; return the exit status."""
-        while not self.flags.stop:
-            self.handle_flags()
+        flags, helpers, service = self.flags, self.helpers, self.service
+        max_sleep_s = POLL_CEILING_S if service is None else service.max_sleep_s()
+        while not flags.stop:
+            if flags.hup or flags.usr1:
+                self.handle_flags()
             try:
                 delay = self.step()
             except Exception as exc:   # a bug or a kernel surprise must not end the watch
                 self.log.error('unexpected error, still watching: %s' % describe_exception(exc))
                 delay = NO_VICTIM_RETRY_S
-            if self.helpers is not None:
-                self.helpers.poll()
-            if self.service is not None:
-                self.service.ping()
-                delay = min(delay, self.service.max_sleep_s())
-            if delay > 0 and not self.flags.stop:
-                self.sleep(delay)
+            if helpers is not None and helpers.running:
+                helpers.poll()
+                delay = min(delay, POLL_CEILING_S / 3)    # reap and time helpers out promptly
+            if service is not None:
+                service.ping()
+            if delay > 0 and not flags.stop:
+                self.sleep(min(delay, max_sleep_s))
         name = {signal.SIGTERM: 'SIGTERM', signal.SIGINT: 'SIGINT'}.get(
             self.flags.stop, str(self.flags.stop))
         self.log.info('%s received: exiting after %d kill(s)' % (name, self.kills))
@@ -2614,6 +2643,25 @@ class Settings(object):
                 raise TypeError('unknown setting %r' % name)
             setattr(self, name, value)
 
+    REGEXES = ('ignore_re', 'prefer_re', 'avoid_re')
+
+    def to_dict(self):
+        """Return the settings as plain values (marshal-able: regexes as patterns)."""
+        plain = dict(vars(self))
+        for name in self.REGEXES:
+            if plain[name] is not None:
+                plain[name] = plain[name].pattern
+        return plain
+
+    @classmethod
+    def from_dict(cls, plain):
+        """Return Settings from to_dict()'s output."""
+        plain = dict(plain)
+        for name in cls.REGEXES:
+            if plain.get(name) is not None:
+                plain[name] = _compile_regex(plain[name])
+        return cls(**plain)
+
 
 class UsageError(Exception):
     """A bad command line (exit status 2); the message names the flag and the fix."""
@@ -2650,7 +2698,7 @@ THRESHOLDS
 POLLING
   Every poll costs one sysinfo(2) call; /proc/meminfo and PSI are read only
   near a threshold.  The next poll comes after the time the headroom lasts
-  at 8 GiB/s (swap: 800 MiB/s), between 10 ms and 1 s.  A PSI trigger
+  at 8 GiB/s (swap: 800 MiB/s), between 10 ms and 3 s.  A PSI trigger
   (some 150 ms per 1 s) and, for cgroup v1, a usage threshold event wake it
   early.
 
@@ -3011,14 +3059,26 @@ def _stderr(message):
 
 
 def main(argv=None):
-    """Run bustd with argv (default sys.argv[1:]); return the exit status."""
+    """Run bustd with argv (default sys.argv[1:]) in this interpreter; return the exit status."""
+    settings, status = parse_or_status(sys.argv[1:] if argv is None else argv)
+    if settings is None:
+        return status
+    return start(settings)
+
+
+def parse_or_status(argv):
+    """Return (Settings, None), or (None, exit status) after --help, --version or an error."""
     try:
-        settings = parse_settings(sys.argv[1:] if argv is None else argv)
+        return parse_settings(argv), None
     except UsageError as exc:
         _stderr('%s (see %s --help)' % (exc, PROG))
-        return EXIT_USAGE
+        return None, EXIT_USAGE
     except SystemExit as exc:   # --help, --version
-        return exc.code or 0
+        return None, exc.code or 0
+
+
+def start(settings):
+    """Run with parsed settings; return the exit status (1: environment, 2: usage)."""
     if not sys.platform.startswith('linux'):
         _stderr('bustd runs on Linux only (this is %s)' % sys.platform)
         return EXIT_ENV
@@ -3139,28 +3199,47 @@ def serve(settings, sensor, policy, calls, caps, log, warnings, environ, report_
     return daemon.run()
 
 
-# Running as a script, CPython keeps the whole syntax tree of this file
-# (~5 MiB) alive until the script's top level returns, which for a daemon
-# is never.  So the script relaunches itself as `python3 -I -S -c` running
-# compile(), which frees the tree at once; -I -S also keep PYTHON*
-# variables, user site-packages and .pth hooks out of a root daemon.
-RELAUNCH = ("import sys; p = sys.argv[1]; "
-            "g = {'__name__': '__bustd__', '__file__': p}; "
-            "exec(compile(open(p, 'rb').read(), p, 'exec'), g); "
-            "sys.exit(g['main'](sys.argv[2:]))")
+# As a program, bustd.py parses its command line, then replaces itself (same
+# pid) with a fresh `python3 -I -S` that receives the compiled code and the
+# settings through a memfd.  The daemon thus never holds argparse, nor the
+# ~5 MiB syntax tree CPython keeps for a running script, nor the compiler's
+# leftovers: 3-4 MiB less RSS.  -I -S also keep PYTHON* variables, user
+# site-packages and .pth hooks out of a root daemon.
+LOADER = ("import marshal, os, sys; f = os.fdopen(int(sys.argv[1]), 'rb'); "
+          "code, settings = marshal.load(f); f.close(); "
+          "g = {'__name__': '__bustd__', '__file__': sys.argv[2]}; exec(code, g); "
+          "sys.exit(g['start'](g['Settings'].from_dict(settings)))")
 
 
-def relaunch(argv):
-    """Replace this process by an isolated interpreter running main(argv); return if impossible."""
-    if not sys.executable or os.environ.get('BUSTD_NO_RELAUNCH'):
+def relaunch(settings, code, argv):
+    """exec the isolated daemon interpreter; return only if that cannot be done here."""
+    memfd_create = getattr(os, 'memfd_create', None)     # Python 3.8, Linux 3.17
+    if not sys.executable or code is None or memfd_create is None:
         return
+    import marshal
     try:
-        os.execv(sys.executable, [sys.executable, '-I', '-S', '-c', RELAUNCH,
+        fd = memfd_create('bustd-code', 0)
+        os.write(fd, marshal.dumps((code, settings.to_dict())))
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.set_inheritable(fd, True)
+        # argv is passed on unused, so that ps and pgrep show the real command.
+        os.execv(sys.executable, [sys.executable, '-I', '-S', '-c', LOADER, str(fd),
                                   os.path.abspath(__file__)] + argv)
-    except OSError:
+    except (OSError, ValueError):
         pass   # run in this interpreter, at some RSS cost
 
 
+def launch(argv, code=None):
+    """The program's entry point: parse argv, then relaunch isolated and run."""
+    settings, status = parse_or_status(argv)
+    if settings is None:
+        return status
+    if not settings.list:
+        relaunch(settings, code, argv)
+    return start(settings)
+
+
 if __name__ == '__main__':
-    relaunch(sys.argv[1:])
-    sys.exit(main())
+    # The code object of this very module, to hand over without recompiling.
+    sys.exit(launch(sys.argv[1:], getattr(sys, '_getframe', lambda: None)().f_code
+                    if hasattr(sys, '_getframe') else None))

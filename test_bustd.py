@@ -438,10 +438,12 @@ class DecideTest(unittest.TestCase):
 class SleepTimeTest(unittest.TestCase):
     def test_table(self):
         th = bustd.compute_thresholds(bustd.Settings(), 16 * GIB, 0)
+        th64 = bustd.compute_thresholds(bustd.Settings(), 64 * GIB, 0)
         th_swap = bustd.compute_thresholds(bustd.Settings(), 16 * GIB, 16 * GIB)
         fill = float(bustd.MEM_FILL_RATE_KIB_S)
         cases = [
-            ('far away: ceiling', th, reading(16 * GIB, 15 * GIB), bustd.POLL_CEILING_S),
+            ('far away', th, reading(16 * GIB, 15 * GIB), (15 * GIB - th.mem_term_kib) / fill),
+            ('very far away: ceiling', th64, reading(64 * GIB, 60 * GIB), bustd.POLL_CEILING_S),
             ('at the threshold: floor', th, reading(16 * GIB, th.mem_term_kib), bustd.POLL_FLOOR_S),
             ('below: floor', th, reading(16 * GIB, 0), bustd.POLL_FLOOR_S),
             ('headroom / fill rate', th, reading(16 * GIB, th.mem_term_kib + 2 * GIB),
@@ -536,6 +538,7 @@ class MachineSensorTest(TempDirTest):
         sensor = bustd.MachineSensor(self.proc.root, calls)
         sensor.sysinfo = fake_sysinfo      # normally only for the real /proc
         sensor.reserve_kib = 100 * MIB
+        sensor.uses_sysinfo = True
         th = bustd.compute_thresholds(bustd.Settings(), 8 * GIB, 0)
         self.proc.meminfo(8 * GIB, 300 * MIB)   # what an exact read would say
         r = sensor.read(bustd.Reading(), th)
@@ -1527,7 +1530,7 @@ class CliTest(TempDirTest):
                 text = d.text()
                 for expected in ('watching the whole machine', 'SIGTERM when available memory <= 10.0%',
                                  'SIGKILL when available memory <= 5.0%', 'PSI rule:',
-                                 'polling: adaptive 10..1000 ms', 'kernel features:',
+                                 'polling: adaptive 10..3000 ms', 'kernel features:',
                                  'protected: default: init systemd'):
                     self.assertIn(expected, text)
                 start = time.monotonic()
