@@ -965,6 +965,19 @@ class RealKillTest(TempDirTest):
         self.assertEqual(d.step(), bustd.NO_VICTIM_RETRY_S)
         self.assertEqual(sink.text().count('no process may be killed'), 1)
 
+    def test_report_interval(self):
+        now = [50.0]
+        d, sink = self.daemon(report_interval_s=60.0)
+        d.clock = lambda: now[0]
+        for _ in range(3):          # the first poll reports, the next ones within 60 s don't
+            d.step()
+            now[0] += 20
+        d.step()                    # 60 s later
+        reports = [m for _, m in sink.lines if m.startswith('mem avail:')]
+        self.assertEqual(reports, ['mem avail: 6.0 GiB of 8.0 GiB (75.0%), swap free: 0 KiB '
+                                   'of 0 KiB (0.0%), psi some avg10: 0.00'] * 2)
+        self.assertEqual(d.step(), bustd.sleep_time_s(d.reading, d.th))   # no report churn
+
     def test_totals_change_recomputes_thresholds(self):
         d, sink = self.daemon()
         self.assertEqual(d.th.mem_term_kib, 8 * GIB // 10)
@@ -1166,7 +1179,10 @@ class FakeCgroupTest(TempDirTest):
             self.assertIn(message, str(cm.exception))
 
     def test_cli_bad_cgroup_is_exit_2(self):
-        for spec in (self.tmp, os.path.join(self.tmp, 'missing')):
+        unreadable = os.path.join(self.tmp, 'cg-broken')
+        os.makedirs(os.path.join(unreadable, 'memory.current'))   # there, but not a file
+        os.makedirs(os.path.join(unreadable, 'memory.max'))
+        for spec in (self.tmp, os.path.join(self.tmp, 'missing'), unreadable):
             with self.subTest(spec=spec):
                 out = run_cli('-n', '--cgroup', spec, '--proc', self.proc.root)
                 self.assertEqual(out.returncode, 2, out.stderr)
@@ -1485,6 +1501,33 @@ class CliTest(TempDirTest):
     def test_version(self):
         out = run_cli('--version')
         self.assertEqual((out.returncode, out.stdout.strip()), (0, 'bustd ' + bustd.__version__))
+
+    def test_runs_without_cap_kill_and_cap_ipc_lock(self):
+        """As an ordinary user would: it warns once per missing power and runs."""
+        setpriv = shutil.which('setpriv')
+        if setpriv is None or os.geteuid() != 0:
+            self.skipTest('needs root and setpriv (util-linux) to drop capabilities')
+        d = subprocess.Popen([setpriv, '--bounding-set', '-kill,-ipc_lock', '--inh-caps',
+                              '-kill,-ipc_lock', '--', sys.executable, BUSTD, '-n',
+                              '--proc', self.proc.root],
+                             stderr=subprocess.PIPE, universal_newlines=True)
+        self.addCleanup(stop, d)
+        time.sleep(2)
+        d.terminate()
+        _, err = d.communicate(timeout=10)
+        self.assertEqual(d.returncode, 0, err)
+        self.assertEqual(err.count('no CAP_KILL (not root?): only processes of uid 0 can be '
+                                   'killed'), 1)
+        self.assertEqual(err.count('not locking memory (no CAP_IPC_LOCK)'), 1)
+        self.assertIn('ready: watching', err)
+        self.assertNotIn('Traceback', err)
+
+    def test_policy_without_cap_kill_skips_other_users(self):
+        self.proc.add(10, oom_score=900, uid=1000)
+        self.proc.add(11, oom_score=100, uid=0)
+        s = settings(self.proc)
+        victim, _ = bustd.pick_victim(bustd.scan_processes(s.proc, bustd.Policy(s, only_uid=0)))
+        self.assertEqual(victim.pid, 11)
 
     def test_no_proc_is_exit_1(self):
         out = run_cli('-n', '--proc', os.path.join(self.tmp, 'none'))
