@@ -1097,13 +1097,17 @@ def iter_pids(proc):
             yield int(name)
 
 
-def read_process(proc, pid, page_kib):
-    """Return a Process for pid, or None if it vanished or is unreadable (hidepid)."""
+def read_process(proc, pid, page_kib, score=None):
+    """Return a Process for pid, or None if it vanished or is unreadable (hidepid).
+
+    `score` is its oom_score when the caller has just read it.
+    """
     base = '%s/%d' % (proc, pid)
     stat = parse_stat(read_small(base + '/stat') or b'')
-    if stat is None or stat.flags & PF_KTHREAD or stat.ppid == 2 or pid == 2:
+    if stat is None or is_kernel_thread(stat):
         return None     # vanished, unreadable, or a kernel thread: never a candidate
-    score = read_int(base + '/oom_score')
+    if score is None:
+        score = read_int(base + '/oom_score')
     adj = read_int(base + '/oom_score_adj')
     if score is None or adj is None:
         return None
@@ -1132,13 +1136,18 @@ def read_process(proc, pid, page_kib):
     return p
 
 
+def is_kernel_thread(p):
+    """Return True for kthreadd and its children (they have no memory to free)."""
+    return bool(p.flags & PF_KTHREAD) or p.pid == 2 or p.ppid == 2
+
+
 def never_reason(p, self_pid):
     """Return why p may never be killed whatever the settings, or None."""
     if p.pid == 1:
         return 'init'
     if p.pid == self_pid:
         return 'bustd itself'
-    if p.flags & PF_KTHREAD or p.pid == 2 or p.ppid == 2:
+    if is_kernel_thread(p):
         return 'kernel thread'
     if p.state in ('Z', 'X', 'x') or p.flags & PF_EXITING:
         return 'exiting'
@@ -1295,7 +1304,7 @@ def find_victim(proc, policy, member_pids=None):
     for score, pid in scores:
         if best is not None and score + bonus < best.badness:
             break        # nothing from here on can outrank (or tie with) the best
-        p = read_process(proc, pid, page_kib)
+        p = read_process(proc, pid, page_kib, score)
         if p is None or p.never:
             continue
         policy.classify(p)
