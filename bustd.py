@@ -3245,8 +3245,9 @@ def relaunch(settings, code, argv):
 
 def _memfd_create_function():
     """Return memfd_create(name) -> fd: os's (Python 3.8), else glibc's via ctypes, or None."""
-    if hasattr(os, 'memfd_create'):
-        return lambda name: os.memfd_create(name, 0)
+    memfd_create = getattr(os, 'memfd_create', None)
+    if memfd_create is not None:
+        return lambda name: memfd_create(name, 0)
     try:
         import ctypes
         call = _bind_libc_call(ctypes, ctypes.CDLL(None, use_errno=True), 'memfd_create')
