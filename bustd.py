@@ -431,8 +431,8 @@ def parse_size_kib(text):
     except ValueError:
         raise ValueError('%r is not a size; give KiB or a number with K, M, G or T '
                          '(e.g. 512M)' % text)
-    if size < 0 or size != size:
-        raise ValueError('%r is negative; give a size like 512M' % text)
+    if not 0 <= size < 1e18:     # also rejects nan and inf
+        raise ValueError('%r is not a size bustd can use; give a size like 512M' % text)
     return int(size * SIZE_UNITS_KIB[unit])
 
 
@@ -567,6 +567,24 @@ class EnvironmentProblem(Exception):
     """The machine cannot be watched (exit status 1); the message says why and what to do."""
 
 
+def check_pid_namespace(proc):
+    """Raise EnvironmentProblem if `proc` numbers processes differently from kill(2).
+
+    A host's /proc mounted in a container (--proc) lists host pids, which
+    pidfd_open and kill would take as the container's: another process, or
+    bustd itself.  A tree without "self" (a test's) is taken as it is.
+    """
+    try:
+        seen = os.readlink(proc + '/self')
+    except OSError:
+        return
+    if seen != str(os.getpid()):
+        raise EnvironmentProblem(
+            '%s/self is pid %s but bustd is pid %d: %s belongs to another PID namespace; '
+            'run bustd in the namespace of the processes it may kill (e.g. --pid=host)'
+            % (proc, seen, os.getpid(), proc))
+
+
 class MachineSensor(object):
     """Reads the whole machine's memory: sysinfo(2), /proc/meminfo, /proc/pressure/memory."""
 
@@ -581,12 +599,14 @@ class MachineSensor(object):
         # only when it is the real /proc (not a test's tree or a host's copy).
         self.sysinfo = calls.sysinfo if calls and proc == '/proc' else None
         self.reserve_kib = None
+        self.next_reserve = 0.0
         self.uses_sysinfo = False
         self.has_mem_available = True
         self.has_psi = False
 
     def check(self):
         """Validate the sources once; return warnings; raise EnvironmentProblem."""
+        check_pid_namespace(self.proc)
         data = read_file(self.meminfo_path)
         if data is None:
             raise EnvironmentProblem(
@@ -606,15 +626,20 @@ class MachineSensor(object):
             warnings.append('no PSI in %s (kernel < 4.20 or psi=0): the pressure rule '
                             'is off' % self.psi_path)
         if self.sysinfo is not None:
-            zoneinfo = read_file(self.proc + '/zoneinfo', 1 << 20)
-            if zoneinfo:
-                page_kib = os.sysconf('SC_PAGE_SIZE') // 1024
-                # Doubled: watermark boosts move the reserve at run time, and
-                # a larger reserve only means more exact reads, never a miss.
-                self.reserve_kib = 2 * parse_zoneinfo_reserve_kib(zoneinfo, page_kib)
+            self.read_reserve()
         # Polls start with the cheap sysinfo(2) reading only with both parts.
         self.uses_sysinfo = self.sysinfo is not None and self.reserve_kib is not None
         return warnings
+
+    def read_reserve(self):
+        """Set reserve_kib from /proc/zoneinfo (None if unreadable); again in a minute."""
+        self.next_reserve = time.monotonic() + 60
+        zoneinfo = read_file(self.proc + '/zoneinfo', 1 << 20)
+        if zoneinfo:
+            page_kib = os.sysconf('SC_PAGE_SIZE') // 1024
+            # Doubled: watermark boosts move the reserve at run time, and a
+            # larger reserve only means more exact reads, never a miss.
+            self.reserve_kib = 2 * parse_zoneinfo_reserve_kib(zoneinfo, page_kib)
 
     def describe(self):
         """Return what the readings come from, for the start-up lines."""
@@ -628,6 +653,9 @@ class MachineSensor(object):
         """Fill `reading`; exact only when the cheap bound is near th.trigger_kib."""
         if self.uses_sysinfo:
             self.sysinfo(reading)
+            if reading.mem_free_kib - self.reserve_kib > th.trigger_kib \
+                    and time.monotonic() >= self.next_reserve:
+                self.read_reserve()    # vm.min_free_kbytes may have been raised since
             lower = reading.mem_free_kib - self.reserve_kib
             if lower > th.trigger_kib:
                 reading.mem_available_kib = lower
@@ -746,7 +774,7 @@ def resolve_cgroup(spec, proc='/proc', sys_fs='/sys'):
         if os.path.isdir(path):
             version = cgroup_version(path)
             if version:
-                return os.path.normpath(path), version
+                return os.path.abspath(path), version
             raise ValueError('%s is not a cgroup with the memory controller (no '
                              'memory.current or memory.usage_in_bytes); give a directory '
                              'under %s/fs/cgroup' % (path, sys_fs))
@@ -771,13 +799,15 @@ class CgroupSensor(object):
         self.machine = machine
         self.log = log
         self.limit_kib = None
+        self.levels = []
         self.swap_limit_kib = None
         self.next_refresh = 0.0
-        self.next_refresh_logged = False
+        self.limits_read = False
         self.host = Reading()
         v2 = version == 2
-        self.usage_path = path + ('/memory.current' if v2 else '/memory.usage_in_bytes')
-        self.stat_path = path + '/memory.stat'
+        self.usage_name = 'memory.current' if v2 else 'memory.usage_in_bytes'
+        self.limit_name = 'memory.max' if v2 else 'memory.limit_in_bytes'
+        self.usage_path = path + '/' + self.usage_name
         self.psi_path = path + '/memory.pressure' if v2 else None
         self.has_psi = False
         self.uses_sysinfo = False
@@ -814,80 +844,103 @@ class CgroupSensor(object):
     def describe(self):
         return 'cgroup v%d %s (%s)' % (self.version, self.path, self.files())
 
-    def refresh_limits(self, stat=None, now=None):
-        """Re-read the effective memory and swap limits (KiB; None = unlimited).
+    def refresh_limits(self, now=None):
+        """Re-read which cgroups (this one and its ancestors) limit memory, and the limits.
 
         At most once per LIMIT_REFRESH_S: limits change rarely (systemctl
-        set-property), and exact readings come every 10 ms near a threshold.
-        `stat` is memory.stat already read by the caller (v1 keeps the
-        hierarchical limits there).
+        set-property), and readings come every 10 ms near a threshold.
+        Sets self.levels to [(path, limit_kib)] and self.limit_kib to the
+        smallest limit (None: no limit below the machine's RAM).
         """
         now = time.monotonic() if now is None else now
         if now < self.next_refresh:
             return
         self.next_refresh = now + LIMIT_REFRESH_S
         self.machine.read_exact(self.host, with_psi=False)   # the host's RAM and swap
+        levels = []
+        path = self.path
+        while True:
+            limit = read_cgroup_limit(path, self.limit_name)
+            if limit is None and not os.path.exists(path + '/' + self.limit_name):
+                break            # above the hierarchy's root
+            if limit is not None and limit // 1024 < self.host.mem_total_kib:
+                levels.append((path, limit // 1024))
+            parent = os.path.dirname(path)
+            if parent == path:
+                break
+            path = parent
+        limit_kib = min(kib for _, kib in levels) if levels else None
+        if limit_kib != self.limit_kib and self.limits_read:
+            self.log.info('cgroup %s: memory limit now %s' % (
+                self.path, "none (using the machine's figures)" if limit_kib is None
+                else format_kib(limit_kib)))
+        self.limits_read = True
+        self.levels = levels
+        self.limit_kib = limit_kib
         if self.version == 2:
-            limit = _cgroup_v2_limit_bytes(self.path, 'memory.max')
             swap = _cgroup_v2_limit_bytes(self.path, 'memory.swap.max')
         else:
-            if stat is None:
-                stat = parse_meminfo(read_file(self.stat_path) or b'')
-            limit = stat.get('hierarchical_memory_limit')
-            if limit is None:
-                limit = read_int(self.path + '/memory.limit_in_bytes')
-            memsw = stat.get('hierarchical_memsw_limit')
-            if memsw is None:
-                memsw = read_int(self.path + '/memory.memsw.limit_in_bytes')
-            swap = None if memsw is None or limit is None else max(0, memsw - limit)
-        limit_kib = None if limit is None else limit // 1024
-        if limit_kib is not None and limit_kib >= self.host.mem_total_kib:
-            limit_kib = None
-        if limit_kib != self.limit_kib and self.log is not None and self.next_refresh_logged:
-            self.log.info('cgroup %s: memory limit now %s' % (
-                self.path, 'none (using the machine\'s figures)' if limit_kib is None
-                else format_kib(limit_kib)))
-        self.next_refresh_logged = True
-        self.limit_kib = limit_kib
+            memsw = read_cgroup_limit(self.path, 'memory.memsw.limit_in_bytes')
+            mem = read_cgroup_limit(self.path, 'memory.limit_in_bytes')
+            swap = None if memsw is None else max(0, memsw - (mem or memsw))
         swap_kib = self.host.swap_total_kib
         if swap is not None:
             swap_kib = min(swap_kib, swap // 1024)
         self.swap_limit_kib = swap_kib
 
     def read(self, reading, th):
-        """Fill `reading`; exact only when limit - usage is near th.trigger_kib."""
+        """Fill `reading`; exact only when limit - usage is near th.trigger_kib anywhere."""
+        self.refresh_limits()
         if self.limit_kib is None:
-            self.refresh_limits()     # a limit may be set later
-            if self.limit_kib is None:
-                return self.machine.read(reading, th)
-        usage = read_int(self.usage_path)
-        if usage is not None:
-            lower = self.limit_kib - usage // 1024
-            if lower > th.trigger_kib:
-                reading.mem_total_kib = self.limit_kib
-                reading.mem_available_kib = lower
-                reading.exact = False
-                reading.psi_some_avg10 = reading.psi_full_avg10 = None
-                return reading
+            return self.machine.read(reading, th)
+        lower = None
+        for path, limit_kib in self.levels:
+            usage = read_int(path + '/' + self.usage_name)
+            if usage is None:
+                return self.read_exact(reading, th)
+            room = limit_kib - usage // 1024
+            lower = room if lower is None else min(lower, room)
+        if lower > th.trigger_kib:
+            reading.mem_total_kib = self.limit_kib
+            reading.mem_available_kib = lower
+            reading.exact = False
+            reading.psi_some_avg10 = reading.psi_full_avg10 = None
+            return reading
         return self.read_exact(reading, th)
 
     def read_exact(self, reading, th=None):
-        """Fill `reading` from the cgroup's usage, limit, memory.stat, swap and PSI."""
-        stat = parse_meminfo(read_file(self.stat_path) or b'')
-        self.refresh_limits(stat)
+        """Fill `reading` from usage, limit and page cache of every limiting cgroup, swap, PSI.
+
+        Available memory is the least headroom of the limiting cgroups: a
+        parent's limit is shared with this cgroup's siblings.
+        """
+        self.refresh_limits()
         if self.limit_kib is None:
             return self.machine.read_exact(reading, th)
-        usage = read_int(self.usage_path)
-        if usage is None:
-            reading.exact = False
-            return reading
         prefix = 'total_' if self.version == 1 else ''   # v1: hierarchical counters
-        cache = stat.get(prefix + 'active_file', 0) + stat.get(prefix + 'inactive_file', 0)
+        avail = free = None
+        own_usage = None
+        for path, limit_kib in self.levels:
+            usage = read_int(path + '/' + self.usage_name)
+            if usage is None:
+                reading.exact = False
+                return reading
+            if path == self.path:
+                own_usage = usage
+            stat = parse_meminfo(read_file(path + '/memory.stat') or b'')
+            cache_kib = (stat.get(prefix + 'active_file', 0) +
+                         stat.get(prefix + 'inactive_file', 0)) // 1024
+            room = max(0, limit_kib - usage // 1024)
+            free = room if free is None else min(free, room)
+            level_avail = min(limit_kib, room + cache_kib)
+            avail = level_avail if avail is None else min(avail, level_avail)
+        if own_usage is None:
+            own_usage = read_int(self.usage_path) or 0
         reading.mem_total_kib = self.limit_kib
-        reading.mem_free_kib = max(0, self.limit_kib - usage // 1024)
-        reading.mem_available_kib = min(self.limit_kib, reading.mem_free_kib + cache // 1024)
+        reading.mem_free_kib = free
+        reading.mem_available_kib = avail
         reading.swap_total_kib = self.swap_limit_kib
-        reading.swap_free_kib = self._swap_free_kib(usage)
+        reading.swap_free_kib = self._swap_free_kib(own_usage)
         reading.exact = True
         reading.psi_some_avg10 = reading.psi_full_avg10 = None
         if self.has_psi and (th is None or reading.mem_available_kib <= th.psi_mem_max_kib):
@@ -924,29 +977,41 @@ class CgroupSensor(object):
         instead of up to a poll later: at 2.5 GB/s a poll floor of 10 ms is
         25 MB, the whole SIGTERM band of a 256 MiB cgroup.
         """
-        if self.version != 1 or calls.eventfd is None or self.limit_kib is None:
+        if self.version != 1 or calls.eventfd is None or not self.levels:
             return None
-        levels = sorted(set(self.limit_kib - kib for kib in (
-            th.trigger_kib, th.mem_term_kib, th.mem_kill_kib) if 0 < kib < self.limit_kib))
         try:
             efd = calls.eventfd()
         except OSError:
             return None
         try:
-            ufd = os.open(self.usage_path, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                control = os.open(self.path + '/cgroup.event_control', os.O_WRONLY)
+            # Every limiting cgroup (this one, or an ancestor shared with siblings).
+            for path, limit_kib in self.levels:
+                ufd = os.open(path + '/' + self.usage_name, os.O_RDONLY | os.O_CLOEXEC)
                 try:
-                    for usage_kib in levels:
-                        os.write(control, ('%d %d %d' % (efd, ufd, usage_kib * 1024)).encode())
+                    control = os.open(path + '/cgroup.event_control', os.O_WRONLY)
+                    try:
+                        for kib in sorted(set((th.trigger_kib, th.mem_term_kib,
+                                               th.mem_kill_kib))):
+                            if 0 < kib < limit_kib:
+                                os.write(control, ('%d %d %d' % (
+                                    efd, ufd, (limit_kib - kib) * 1024)).encode())
+                    finally:
+                        os.close(control)
                 finally:
-                    os.close(control)
-            finally:
-                os.close(ufd)
+                    os.close(ufd)
         except OSError:
             os.close(efd)
             return None
         return efd
+
+
+def read_cgroup_limit(path, name):
+    """Return a cgroup limit file's value in bytes, None for no limit ('max', v1's huge value)."""
+    data = read_small(path + '/' + name, 64)
+    value = (data or b'').strip()
+    if not value.isdigit() or int(value) >= 1 << 62:   # v1 "unlimited": 0x7FFFFFFFFFFFF000
+        return None
+    return int(value)
 
 
 def _cgroup_v2_limit_bytes(path, name):
@@ -974,7 +1039,7 @@ class Thresholds(object):
     """The decision levels in KiB, derived from settings and the totals they apply to."""
     __slots__ = ('mem_total_kib', 'swap_total_kib', 'mem_term_kib', 'mem_kill_kib',
                  'swap_term_kib', 'swap_kill_kib', 'psi_avg10', 'psi_mem_max_kib',
-                 'warn_kib', 'trigger_kib')
+                 'warn_kib', 'trigger_kib', 'clamped')
 
 
 def compute_thresholds(settings, mem_total_kib, swap_total_kib):
@@ -988,6 +1053,11 @@ def compute_thresholds(settings, mem_total_kib, swap_total_kib):
     th.swap_total_kib = swap_total_kib
     th.mem_term_kib, th.mem_kill_kib = _levels_kib(
         settings.mem_percent, settings.mem_size_kib, mem_total_kib)
+    # A SIGTERM level at or above the total would kill at once and forever
+    # (say -M 2G against a cgroup limit lowered to 1G): use the defaults.
+    th.clamped = mem_total_kib > 0 and th.mem_term_kib >= mem_total_kib
+    if th.clamped:
+        th.mem_term_kib, th.mem_kill_kib = _levels_kib(DEFAULT_MEM_PERCENT, None, mem_total_kib)
     th.swap_term_kib, th.swap_kill_kib = _levels_kib(
         settings.swap_percent, settings.swap_size_kib, swap_total_kib)
     th.psi_avg10 = settings.psi_avg10
@@ -1001,6 +1071,19 @@ def compute_thresholds(settings, mem_total_kib, swap_total_kib):
     # Below this the cheap reading is not enough and an exact one is taken.
     th.trigger_kib = max(th.mem_term_kib, th.psi_mem_max_kib, th.warn_kib)
     return th
+
+
+def check_levels(settings, th):
+    """Raise UsageError for levels that make no sense against the totals they apply to."""
+    if th.clamped:
+        raise UsageError('argument -m/-M: the SIGTERM level is not below the %s of memory '
+                         'there is: bustd would kill at once; give e.g. -m 10,5'
+                         % format_kib(th.mem_total_kib))
+    if th.warn_kib >= 0 and th.warn_kib <= th.mem_term_kib:
+        raise UsageError('argument --warn: %g%% is not above the SIGTERM level %s (-m/-M); '
+                         'give e.g. --warn %g' % (
+                             settings.warn_percent, format_kib(th.mem_term_kib),
+                             min(100, percent_of(th.mem_term_kib, th.mem_total_kib) + 5)))
 
 
 def _levels_kib(percent_pair, size_pair, total_kib):
@@ -1080,10 +1163,10 @@ class Process(object):
                  'cmdline', 'never', 'protected', 'preference', 'badness')
 
     def rank_key(self, sort_by_rss=False):
-        """Return the sort key: higher is killed first."""
+        """Return the sort key: higher is killed first; full ties go to the younger process."""
         if sort_by_rss:
-            return (self.preference, self.rss_kib, self.oom_score)
-        return (self.badness, self.rss_kib)
+            return (self.preference, self.rss_kib, self.oom_score, self.starttime, self.pid)
+        return (self.badness, self.rss_kib, self.starttime, self.pid)
 
 
 def iter_pids(proc):
@@ -1438,6 +1521,7 @@ class Target(object):
         self.pgrp = pgrp
         self.fds = {}
         self.sent = 0
+        self.error = None    # errno of the last failed signal
 
     def open(self):
         """Take hold of the members; return False if none is still the scanned process."""
@@ -1476,10 +1560,12 @@ class Target(object):
             # A process group id is not reused while any member lives, and
             # we hold pidfds on the members: one alive means the group is ours.
             if not self.alive_count():
+                self.error = errno.ESRCH
                 return False
             try:
                 os.killpg(self.pgrp, sig)
-            except OSError:
+            except OSError as exc:
+                self.error = exc.errno
                 return False
         else:
             m = self.victim
@@ -1490,8 +1576,10 @@ class Target(object):
                 elif self.calls.pidfd_open is None and same_process(self.proc, m.pid, m.starttime):
                     os.kill(m.pid, sig)
                 else:
+                    self.error = errno.ESRCH
                     return False
-            except OSError:
+            except OSError as exc:   # ESRCH: gone; EPERM: not ours, or an LSM said no
+                self.error = exc.errno
                 return False
         self.sent = sig
         return True
@@ -1594,7 +1682,8 @@ def kill_and_wait(target, sig, check, log, grace_s=TERM_GRACE_S, wait_s=KILL_WAI
     """
     start = clock()
     if not target.send(sig):
-        return KillResult(False, 0, 0.0, 'gone before the signal')
+        return KillResult(False, 0, 0.0, 'gone before the signal' if target.error == errno.ESRCH
+                          else 'cannot signal it: %s' % os.strerror(target.error or 0))
     if sig == signal.SIGKILL:
         target.release_memory()
     if announce is not None:
@@ -1756,8 +1845,14 @@ class Helpers(object):
     def _spawn(self, command, deadline):
         try:
             read_fd, write_fd = os.pipe()
-            pid = os.fork()
         except OSError as exc:
+            self.log.warning('cannot start %s: %s' % (command.label, exc.strerror))
+            return None
+        try:
+            pid = os.fork()
+        except OSError as exc:   # EAGAIN/ENOMEM: likely just when memory is short
+            os.close(read_fd)
+            os.close(write_fd)
             self.log.warning('cannot start %s: %s' % (command.label, exc.strerror))
             return None
         if pid == 0:   # child: only os calls until exec, then _exit on any failure
@@ -1778,23 +1873,16 @@ class Helpers(object):
             os._exit(127)
         os.close(write_fd)
         os.set_blocking(read_fd, False)
-        self.running[pid] = [command.label, deadline, read_fd, b'']
+        # label, deadline (None once killed), output pipe, output, timeout
+        self.running[pid] = [command.label, deadline, read_fd, b'', deadline - self.clock()]
         return pid
 
     def poll(self):
         """Collect output, reap finished helpers, kill those past their deadline."""
         now = self.clock()
         for pid, helper in list(self.running.items()):
-            label, deadline, fd = helper[0], helper[1], helper[2]
             self._drain(helper)
-            try:
-                done, status = os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                done, status = pid, 0
-            if done:
-                self._drain(helper)
-                self._finish(pid, helper, _status_text(status))
-            elif now >= deadline:
+            if helper[1] is not None and now >= helper[1]:
                 # The group takes the helper's children too; the pid itself in
                 # case the child has not reached setsid() yet.
                 for kill in (os.killpg, os.kill):
@@ -1802,8 +1890,13 @@ class Helpers(object):
                         kill(pid, signal.SIGKILL)
                     except OSError:
                         pass
-                os.waitpid(pid, 0)   # SIGKILLed: returns at once
-                self._finish(pid, helper, 'killed after %.1f s timeout' % self.timeout_s)
+                helper[1] = None     # killed: reaped below, or on a later poll if it
+                #                      sits in uninterruptible sleep (never waited for)
+            done, status = _reap(pid, patience_s=0.1 if helper[1] is None else 0)
+            if done:
+                self._drain(helper)
+                self._finish(pid, helper, _status_text(status) if helper[1] is not None
+                             else 'killed after its %.1f s timeout' % helper[4])
 
     def wait(self, pids, budget_s, interrupt=None):
         """Wait up to budget_s for pids to finish (interrupt() True stops early)."""
@@ -1819,7 +1912,7 @@ class Helpers(object):
         """Kill the given helpers now (a before-hook that overran its budget)."""
         for pid in pids:
             helper = self.running.get(pid)
-            if helper is not None:
+            if helper is not None and helper[1] is not None:
                 helper[1] = self.clock()   # deadline reached: poll() kills it
         if pids:
             self.poll()
@@ -1849,6 +1942,19 @@ class Helpers(object):
             self.log.info(message)
         else:
             self.log.warning(message)
+
+
+def _reap(pid, patience_s=0):
+    """waitpid(pid) without blocking for more than patience_s; return (pid or 0, status)."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return pid, 0
+        if done or time.monotonic() >= deadline:
+            return done, status
+        time.sleep(0.005)
 
 
 def _status_text(status):
@@ -2351,9 +2457,10 @@ class Waiter(object):
         for fd, event in events:
             name, drain = self.drains.get(fd, ('?', False))
             self.woken_by = name
-            if event & (self.select.POLLERR | self.select.POLLNVAL | self.select.POLLHUP) \
-                    and not event & self.select.POLLPRI:
-                self.poller.unregister(fd)   # e.g. the watched cgroup was removed
+            if event & (self.select.POLLERR | self.select.POLLNVAL):
+                # e.g. the watched cgroup was removed: its PSI trigger then polls
+                # POLLERR|POLLPRI for ever, which would turn every sleep into a spin.
+                self.poller.unregister(fd)
                 continue
             if drain:
                 try:
@@ -2403,6 +2510,10 @@ class Daemon(object):
         if th is not None:
             self.log.info('totals changed: memory %s, swap %s; thresholds recomputed' % (
                 format_kib(r.mem_total_kib), format_kib(r.swap_total_kib)))
+        if self.th.clamped:
+            self.log.warning('-m/-M is not below the memory total %s now: using %g%%,%g%% '
+                             'until it is' % ((format_kib(r.mem_total_kib),)
+                                              + DEFAULT_MEM_PERCENT))
         if self.event_fd_hook is not None:
             self.event_fd_hook(self.th)
         return True
@@ -2483,17 +2594,31 @@ class Daemon(object):
                 victim.pid, printable(victim.name)))
             return 0.0
         fields = victim_fields(victim, sig, self.reading, self.user_name)
+        if self.notifier is not None and s.exec_before:
+            self.notifier.before_kill(fields, lambda: self.check_now() == signal.SIGKILL)
+            sig = self.check_now()      # the hook took time: memory may have recovered
+            if not sig:
+                target.close()
+                self.log.info('memory recovered while the -P hook ran (%s): not killing pid %d'
+                              % (describe_trigger(self.reading, self.th), victim.pid))
+                return sleep_time_s(self.reading, self.th)
+            trigger = describe_trigger(self.reading, self.th)
+            fields = victim_fields(victim, sig, self.reading, self.user_name)
 
         def announce():
             self.log.warning(kill_line(sig, victim, trigger, target.pgrp))
             self.log.debug('chose pid %d because: %s' % (
                 victim.pid, describe_victim(victim, skipped, s.sort_by_rss)))
         try:
-            if self.notifier is not None:
-                self.notifier.before_kill(fields, lambda: self.check_now() == signal.SIGKILL)
             result = kill_and_wait(target, sig, self.check_now, self.log, announce=announce)
         finally:
             target.close()
+        if not result.signal:     # nothing was sent: no kill, and no tight retry loop
+            if now >= self.next_no_victim_log:
+                self.next_no_victim_log = now + 60
+                self.log.warning('pid %d %s: %s' % (victim.pid, printable(victim.name),
+                                                    result.note))
+            return KILL_POLL_S if target.error == errno.ESRCH else NO_VICTIM_RETRY_S
         self.kills += 1
         if result.exited:
             self.sensor.read_exact(self.reading, self.th)
@@ -2796,7 +2921,7 @@ def _template(text):
     except KeyError as exc:
         raise ValueError('unknown field {%s}; use %s' % (
             exc.args[0], ' '.join('{%s}' % f for f in TEMPLATE_FIELDS)))
-    except (ValueError, IndexError) as exc:
+    except (ValueError, IndexError, AttributeError, TypeError) as exc:
         raise ValueError('bad template %r: %s; write fields as {name}' % (text, exc))
     return text
 
@@ -2948,16 +3073,13 @@ def parse_settings(argv):
     s.verbose = args.verbose
     s.report_interval_s = args.report_interval
     s.dry_run = args.dry_run
-    s.proc = args.proc.rstrip('/') or '/'
-    s.sys_fs = args.sys_fs.rstrip('/') or '/'
+    # Absolute: a daemon changes to / before it reads them.
+    s.proc = os.path.abspath(args.proc)
+    s.sys_fs = os.path.abspath(args.sys_fs)
     if s.log_file and s.syslog:
         raise UsageError('--log-file and --syslog: choose one log destination')
     if (args.notify_title or args.notify_body) and not s.notify:
         raise UsageError('--notify-title/--notify-body only apply with --notify; add --notify')
-    if s.warn_percent is not None and s.warn_percent <= s.mem_percent[0]:
-        raise UsageError('argument --warn: %g%% is not above the SIGTERM level %g%% (-m); '
-                         'give e.g. --warn %g' % (s.warn_percent, s.mem_percent[0],
-                                                  min(100, s.mem_percent[0] + 5)))
     return s
 
 
@@ -3115,6 +3237,11 @@ def run(settings, environ=None):
     warnings = sensor.check()
     if not sensor.has_psi:
         settings.psi_avg10 = None   # the rule is off: it must not widen the exact-read band
+    first = sensor.read_exact(Reading())
+    if not first.exact or first.mem_total_kib <= 0:
+        raise EnvironmentProblem('no usable memory reading from %s' % sensor.describe())
+    check_levels(settings, compute_thresholds(settings, first.mem_total_kib,
+                                              first.swap_total_kib))
     caps = capabilities()
     only_uid = None if has_cap(caps, CAP_KILL) else os.geteuid()
     policy = Policy(settings, only_uid)

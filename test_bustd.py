@@ -594,6 +594,14 @@ class SelectionTest(TempDirTest):
         self.assertEqual((victim.pid, [p.pid for p in skipped]), (98, [99]))
         self.assertEqual(sorted(c[0][1] for c in read.call_args_list), [98, 99])
 
+    def test_full_ties_go_to_the_younger_process_in_both_searches(self):
+        self.proc.add(300, oom_score=700, rss_pages=10, starttime=1000)
+        self.proc.add(200, oom_score=700, rss_pages=10, starttime=2000)
+        s = settings(self.proc)
+        policy = bustd.Policy(s)
+        self.assertEqual(bustd.find_victim(s.proc, policy)[0].pid, 200)
+        self.assertEqual(bustd.pick_victim(bustd.scan_processes(s.proc, policy))[0].pid, 200)
+
     def test_ties_go_to_the_larger_rss(self):
         self.proc.add(10, oom_score=700, rss_pages=10)
         self.proc.add(11, oom_score=700, rss_pages=5000)
@@ -978,6 +986,31 @@ class RealKillTest(TempDirTest):
                                    'of 0 KiB (0.0%), psi some avg10: 0.00'] * 2)
         self.assertEqual(d.step(), bustd.sleep_time_s(d.reading, d.th))   # no report churn
 
+    def test_a_signal_that_fails_is_no_kill_and_no_spin(self):
+        child = self.victim()
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=700 * MIB)
+        calls = bustd.load_kernel_calls()
+        if calls.pidfd_send_signal is None:
+            self.skipTest('no pidfds here')
+
+        def refused(fd, sig):
+            raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+        calls.pidfd_send_signal = refused              # as an LSM might answer
+        d, sink = self.daemon(calls=calls)
+        self.assertEqual(d.step(), bustd.NO_VICTIM_RETRY_S)
+        self.assertEqual(d.step(), bustd.NO_VICTIM_RETRY_S)
+        self.assertEqual(d.kills, 0)
+        self.assertEqual(sink.text().count('cannot signal it: Operation not permitted'), 1)
+        self.assertIsNone(child.poll())
+
+    def test_levels_above_a_lowered_total_fall_back_to_the_defaults(self):
+        d, sink = self.daemon(mem_percent=(100.0, 100.0), mem_size_kib=(4 * GIB, 2 * GIB))
+        self.assertEqual(d.th.mem_term_kib, 4 * GIB)
+        self.proc.meminfo(total_kib=2 * GIB, avail_kib=GIB)     # the limit went down
+        d.step()
+        self.assertEqual((d.th.mem_term_kib, d.th.mem_kill_kib), (2 * GIB // 10, 2 * GIB // 20))
+        self.assertIn('-m/-M is not below the memory total 2.0 GiB now', sink.text())
+
     def test_totals_change_recomputes_thresholds(self):
         d, sink = self.daemon()
         self.assertEqual(d.th.mem_term_kib, 8 * GIB // 10)
@@ -1102,8 +1135,9 @@ class FakeCgroupTest(TempDirTest):
             'memory.swap.current': '0\n', 'memory.swap.max': 'max\n',
             'memory.pressure': 'some avg10=12.00 avg60=0 avg300=0 total=1\n'
                                'full avg10=1.00 avg60=0 avg300=0 total=1\n'})
-        with open(os.path.join(os.path.dirname(path), 'memory.max'), 'w') as f:
-            f.write('%d\n' % (256 << 20))     # the parent's limit applies
+        self.write_files(os.path.dirname(path), {     # the parent's limit applies
+            'memory.max': '%d\n' % (256 << 20), 'memory.current': '%d\n' % (200 << 20),
+            'memory.stat': 'active_file %d\ninactive_file %d\n' % (10 << 20, 20 << 20)})
         self.assertEqual(sensor.check(), [])
         r = sensor.read_exact(bustd.Reading())
         self.assertEqual(r.mem_total_kib, 256 * MIB)
@@ -1111,19 +1145,57 @@ class FakeCgroupTest(TempDirTest):
         self.assertEqual(r.psi_some_avg10, 12.0)
         self.assertEqual(r.swap_total_kib, 0)     # the fake machine has no swap
 
-    def test_v1_hierarchical_limit_and_total_counters(self):
+    def test_a_parents_limit_is_shared_with_siblings(self):
+        """Parent: 200 MiB limit, 189 MiB used (siblings); us: 32 MiB, no limit of our own."""
+        path, sensor = self.make(1, {
+            'memory.usage_in_bytes': '%d\n' % (32 << 20),
+            'memory.limit_in_bytes': '9223372036854771712\n',
+            'memory.stat': 'total_active_file 0\ntotal_inactive_file 0\n'})
+        self.write_files(os.path.dirname(path), {
+            'memory.limit_in_bytes': '%d\n' % (200 << 20),
+            'memory.usage_in_bytes': '%d\n' % (189 << 20),
+            'memory.stat': 'total_active_file %d\ntotal_inactive_file 0\n' % (1 << 20)})
+        sensor.check()
+        r = sensor.read_exact(bustd.Reading())
+        self.assertEqual((r.mem_total_kib, r.mem_available_kib), (200 * MIB, 12 * MIB))
+        th = bustd.compute_thresholds(bustd.Settings(), 200 * MIB, 0)
+        self.assertEqual(bustd.decide(r, th), signal.SIGTERM)
+        self.assertEqual(sensor.read(bustd.Reading(), th).mem_available_kib, 12 * MIB)
+
+    def test_v1_limits_up_the_hierarchy_and_total_counters(self):
         path, sensor = self.make(1, {
             'memory.usage_in_bytes': '%d\n' % (400 << 20),
             'memory.limit_in_bytes': '9223372036854771712\n',
             'memory.stat': 'cache 1\ntotal_active_file %d\ntotal_inactive_file %d\n'
-                           'hierarchical_memory_limit %d\nhierarchical_memsw_limit %d\n'
-                           % (16 << 20, 16 << 20, 512 << 20, 512 << 20),
+                           % (16 << 20, 16 << 20),
             'memory.memsw.usage_in_bytes': '%d\n' % (400 << 20)})
+        self.write_files(os.path.dirname(path), {
+            'memory.limit_in_bytes': '%d\n' % (512 << 20),
+            'memory.usage_in_bytes': '%d\n' % (400 << 20),
+            'memory.stat': 'total_active_file %d\ntotal_inactive_file %d\n'
+                           % (16 << 20, 16 << 20)})
         warnings = sensor.check()
         self.assertEqual(len(warnings), 1)
         self.assertIn('cgroup v1', warnings[0])           # no PSI there
         r = sensor.read_exact(bustd.Reading())
         self.assertEqual((r.mem_total_kib, r.mem_available_kib), (512 * MIB, (112 + 32) * MIB))
+
+    def test_a_lowered_limit_is_noticed(self):
+        path, sensor = self.make(2, {
+            'memory.current': '%d\n' % (190 << 20), 'memory.max': '%d\n' % (2 << 30),
+            'memory.stat': ''})
+        sensor.check()
+        th = bustd.compute_thresholds(bustd.Settings(), 2 * GIB, 0)
+        self.assertFalse(sensor.read(bustd.Reading(), th).exact)
+        self.write_files(path, {'memory.max': '%d\n' % (200 << 20)})
+        sensor.next_refresh = 0          # as if LIMIT_REFRESH_S had passed
+        r = sensor.read(bustd.Reading(), th)
+        self.assertEqual((r.mem_total_kib, r.mem_available_kib), (200 * MIB, 10 * MIB))
+
+    def write_files(self, directory, files):
+        for name, text in files.items():
+            with open(os.path.join(directory, name), 'w') as f:
+                f.write(text)
 
     def test_cheap_reading_is_limit_minus_usage(self):
         path, sensor = self.make(2, {
@@ -1264,7 +1336,11 @@ class TestCgroup(object):
     def join(self):
         """preexec_fn: move the new child into the cgroup before it allocates."""
         path = os.path.join(self.path, 'cgroup.procs')
-        return lambda: open(path, 'w').write(str(os.getpid()))
+
+        def join():
+            with open(path, 'w') as f:
+                f.write(str(os.getpid()))
+        return join
 
     def remove(self):
         for _ in range(50):
@@ -1460,6 +1536,12 @@ class CliTest(TempDirTest):
         (['-N', 'relative/hook'], '-N/--exec-after'),
         (['-P', '/nonexistent/hook'], '-P/--exec-before'),
         (['-P', 'NOT_EXECUTABLE'], '-P/--exec-before'),
+        (['-M', 'inf'], '-M/--mem-min-size'),
+        (['-S', '1e999'], '-S/--swap-min-size'),
+        (['--notify', '--notify-body', '{pid.x}'], '--notify-body'),
+        (['--notify', '--notify-title', '{pid[0]}'], '--notify-title'),
+        (['-m', '100'], '-m/-M'),
+        (['-M', '100G'], '-m/-M'),
     ]
 
     def test_bad_arguments_one_line_exit_2(self):
@@ -1477,6 +1559,32 @@ class CliTest(TempDirTest):
                 self.assertIn(flag, lines[0])
                 self.assertNotIn('Traceback', out.stderr)
                 self.assertEqual(out.stdout, '')
+
+    def test_levels_are_checked_against_the_real_total(self):
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=6 * GIB)
+        ok = run_cli('--list', '-M', '1G', '--warn', '15', '--proc', self.proc.root)
+        self.assertEqual(ok.returncode, 0, ok.stderr)          # 1 GiB is 12.5 % < 15 %
+        bad = run_cli('--list', '-M', '2G', '--warn', '15', '--proc', self.proc.root)
+        self.assertEqual(bad.returncode, 2)
+        self.assertIn('--warn: 15% is not above the SIGTERM level 2.0 GiB', bad.stderr)
+        bad = run_cli('--list', '-M', '9G', '--proc', self.proc.root)
+        self.assertEqual(bad.returncode, 2)
+        self.assertIn('not below the 8.0 GiB of memory there is', bad.stderr)
+
+    def test_relative_paths_become_absolute(self):
+        s = bustd.parse_settings(['--proc', 'fake', '--sys', 'fakesys', '--pidfile', 'p'])
+        self.assertEqual((s.proc, s.sys_fs, s.pidfile), tuple(
+            os.path.join(os.getcwd(), x) for x in ('fake', 'fakesys', 'p')))
+
+    def test_proc_of_another_pid_namespace_is_refused(self):
+        os.symlink('1', os.path.join(self.proc.root, 'self'))
+        with self.assertRaises(bustd.EnvironmentProblem) as cm:
+            bustd.check_pid_namespace(self.proc.root)
+        self.assertIn('another PID namespace', str(cm.exception))
+        bustd.check_pid_namespace('/proc')                     # ours: fine
+        out = run_cli('--list', '--proc', self.proc.root)
+        self.assertEqual(out.returncode, 1)
+        self.assertIn('another PID namespace', out.stderr)
 
     def test_messages_say_how_to_fix(self):
         self.assertIn('e.g.', run_cli('-m', '5,10').stderr)
@@ -1559,6 +1667,7 @@ class CliTest(TempDirTest):
         self.proc.add(11, name='hog', oom_score=800)
         self.proc.meminfo(total_kib=8 * GIB, avail_kib=4 * GIB)
         d = Daemon('--dry-run', '-m', '99', '-V', '--proc', self.proc.root)
+        self.addCleanup(d.stop)
         self.assertTrue(d.wait_for('dry run, no signal sent: kill: SIGTERM pid=11 '), d.text())
         self.assertTrue(d.wait_for('chose pid 11 because: highest oom_score 800; skipped '
                                    'protected: 10 sshd (default: sshd)'), d.text())
@@ -1570,6 +1679,7 @@ class CliTest(TempDirTest):
         for sig in (signal.SIGTERM, signal.SIGINT):
             with self.subTest(signal=sig):
                 d = Daemon()
+                self.addCleanup(d.stop)
                 text = d.text()
                 for expected in ('watching the whole machine', 'SIGTERM when available memory <= 10.0%',
                                  'SIGKILL when available memory <= 5.0%', 'PSI rule:',
@@ -1601,6 +1711,15 @@ class CliTest(TempDirTest):
 # ----------------------------------------------------------------------------
 # Daemon manners (issue 3)
 # ----------------------------------------------------------------------------
+
+def read_text(path):
+    """The text of a file, or '' if it does not exist (yet)."""
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ''
+
 
 def wait_until(predicate, timeout=10):
     deadline = time.monotonic() + timeout
@@ -1642,7 +1761,7 @@ class DaemonizeTest(TempDirTest):
         self.assertEqual(os.readlink('/proc/%d/fd/2' % pid), '/dev/null')
         with open('/proc/%d/status' % pid) as f:
             self.assertIn('Umask:\t0022', f.read())
-        self.assertTrue(wait_until(lambda: 'ready: watching' in open(logfile).read()))
+        self.assertTrue(wait_until(lambda: 'ready: watching' in read_text(logfile)))
         # A second one refuses the live pidfile.
         again = run_cli('--pidfile', pidfile, '--log-file', logfile)
         self.assertEqual(again.returncode, 1)
@@ -1650,13 +1769,14 @@ class DaemonizeTest(TempDirTest):
         os.kill(pid, signal.SIGTERM)
         self.assertTrue(wait_until(lambda: not alive(pid)))
         self.assertFalse(os.path.exists(pidfile))
-        self.assertIn('SIGTERM received: exiting', open(logfile).read())
+        self.assertIn('SIGTERM received: exiting', read_text(logfile))
 
     def test_stale_pidfile_is_replaced(self):
         pidfile = os.path.join(self.tmp, 'bustd.pid')
         with open(pidfile, 'w') as f:
             f.write('999999999\n')
         d = Daemon('--pidfile', pidfile)
+        self.addCleanup(d.stop)
         with open(pidfile) as f:
             self.assertEqual(int(f.read()), d.proc.pid)
         self.assertEqual(d.stop(), 0)
@@ -1725,7 +1845,7 @@ class LoggingTest(TempDirTest):
             d = subprocess.Popen([sys.executable, BUSTD, '-n', '--proc', self.proc.root],
                                  env=env, stderr=err)
             self.addCleanup(stop, d)
-            wait_until(lambda: 'ready: watching' in open(path).read())
+            wait_until(lambda: 'ready: watching' in read_text(path))
             d.terminate()
             self.assertEqual(d.wait(10), 0)
         with open(path) as f:
@@ -1753,20 +1873,20 @@ class LoggingTest(TempDirTest):
                               '--proc', self.proc.root])
         self.addCleanup(stop, d)
         self.assertTrue(wait_until(lambda: os.path.exists(logfile) and
-                                   'ready: watching' in open(logfile).read()))
+                                   'ready: watching' in read_text(logfile)))
         os.rename(logfile, logfile + '.1')
         d.send_signal(signal.SIGHUP)
         self.assertTrue(wait_until(lambda: os.path.exists(logfile)))
         d.send_signal(signal.SIGUSR1)
-        self.assertTrue(wait_until(lambda: 'status: ' in open(logfile).read()))
+        self.assertTrue(wait_until(lambda: 'status: ' in read_text(logfile)))
         d.terminate()
         self.assertEqual(d.wait(10), 0)
-        new = open(logfile).read()
+        new = read_text(logfile)
         self.assertIn('SIGHUP: reopened the log (%s)' % logfile, new)
         self.assertIn('status: mem avail: 6.0 GiB of 8.0 GiB (75.0%)', new)
         self.assertIn('status: kills so far: 0', new)
         self.assertRegex(new, r'status: +11 \S+ +hog +800 .*<- victim')
-        self.assertNotIn('status:', open(logfile + '.1').read())
+        self.assertNotIn('status:', read_text(logfile + '.1'))
         self.assertRegex(new.split('\n')[0], r'^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d bustd\[%d\]: '
                          % d.pid)
 
@@ -1776,6 +1896,7 @@ class LoggingTest(TempDirTest):
         sock.bind(path)
         self.addCleanup(sock.close)
         sink = bustd.SyslogSink(path)
+        self.addCleanup(sink.reopen)
         sink.write(4, 'kill: SIGTERM pid=1')
         self.assertEqual(sock.recv(4096).decode(),
                          '<28>bustd[%d]: kill: SIGTERM pid=1' % os.getpid())
@@ -1795,7 +1916,9 @@ class NoCtypesTest(TempDirTest):
                 "sys.exit(g['main'](sys.argv[2:]))")
         d = subprocess.Popen([sys.executable, '-c', shim, BUSTD, '-n', '--proc', self.proc.root],
                              stderr=subprocess.PIPE, universal_newlines=True)
-        self.assertEqual(reap(child, 30), -signal.SIGTERM)
+        self.addCleanup(stop, d)
+        wait_until(lambda: child.poll() is not None or d.poll() is not None, 30)
+        self.assertEqual(child.poll(), -signal.SIGTERM, d.poll())
         d.terminate()
         _, err = d.communicate(timeout=10)
         self.assertEqual(d.returncode, 0, err)
@@ -1974,8 +2097,48 @@ class HelpersTest(TempDirTest):
         self.assertTrue(alive(pids[0]))
         self.finish(helpers, timeout=5)
         self.assertFalse(os.path.exists('/proc/%d' % pids[0]))      # killed and reaped
-        self.assertIn('killed after 0.3 s timeout', self.sink.text())
+        self.assertIn('killed after its 0.3 s timeout', self.sink.text())
         self.assert_no_zombie_children()
+
+    def test_a_helper_that_cannot_die_does_not_block_the_loop(self):
+        """Like one in uninterruptible sleep: frozen (cgroup v1 freezer), SIGKILL waits."""
+        freezer = '/sys/fs/cgroup/freezer'
+        if os.geteuid() != 0 or not os.path.exists(freezer + '/cgroup.procs'):
+            self.skipTest('needs root and the cgroup v1 freezer to hold a process unkillable')
+        cg = tempfile.mkdtemp(prefix='bustd-test-', dir=freezer)
+        def thaw_and_remove():
+            with open(cg + '/freezer.state', 'w') as f:
+                f.write('THAWED')
+            wait_until(lambda: not read_text(cg + '/cgroup.procs'))
+            os.rmdir(cg)
+        self.addCleanup(thaw_and_remove)
+        hook = self.script('after-hook', tail='exec sleep 1000')
+        helpers = bustd.Helpers(self.log, timeout_s=5)
+        pid = helpers.start_batch([bustd.Command([hook], {}, 'frozen')])[0]
+        with open(cg + '/cgroup.procs', 'w') as f:
+            f.write(str(pid))
+        with open(cg + '/freezer.state', 'w') as f:
+            f.write('FROZEN')
+        self.assertTrue(wait_until(lambda: 'FROZEN' in read_text(cg + '/freezer.state')))
+        helpers.kill([pid], 'test')                  # returns although it cannot die yet
+        self.assertIn(pid, helpers.running)
+        self.assertTrue(alive(pid))
+        with open(cg + '/freezer.state', 'w') as f:
+            f.write('THAWED')
+        self.finish(helpers)                         # reaped on a later poll
+        self.assertFalse(os.path.exists('/proc/%d' % pid))
+        self.assertIn('frozen (pid %d): killed after its 5.0 s timeout' % pid, self.sink.text())
+
+    def test_failed_fork_leaks_no_fd(self):
+        from unittest import mock
+        helpers = bustd.Helpers(self.log)
+        before = len(os.listdir('/proc/self/fd'))
+        with mock.patch.object(bustd.os, 'fork', side_effect=OSError(errno.EAGAIN, 'no')):
+            for _ in range(20):
+                self.assertEqual(helpers.start_batch([bustd.Command(['/bin/true'], {}, 'x')]),
+                                 [])
+        self.assertEqual(len(os.listdir('/proc/self/fd')), before)
+        self.assertIn('cannot start x: no', self.sink.text())
 
     def test_one_batch_at_a_time(self):
         hook = self.script('after-hook', tail='exec sleep 1000')
@@ -2031,12 +2194,49 @@ class HelpersTest(TempDirTest):
         self.assertIn('arg=bustd: memory is low', args)
         self.assertIn('arg=Only 12.5% of memory is available: save your work.', args)
 
+    def test_waiter_drops_an_fd_in_error(self):
+        import select
+        waiter = bustd.Waiter()
+        r, w = os.pipe()
+        os.close(r)                   # the write end now polls POLLERR for ever
+        self.addCleanup(os.close, w)
+        waiter.add(w, select.POLLPRI, 'broken', drain=False)
+        waiter(0.5)
+        self.assertEqual(waiter.woken_by, 'broken')
+        waiter(0.05)
+        self.assertIsNone(waiter.woken_by)       # unregistered: a plain sleep again
+
     def test_render_leaves_unknown_fields(self):
         self.assertEqual(bustd.render('{name} {nope}', {'name': 'x'}), 'x {nope}')
 
 
 class HooksInTheLoopTest(TempDirTest):
-    """A hanging -N hook never delays the next kill."""
+    """A hanging -N hook never delays the next kill; -P may make the kill unnecessary."""
+
+    def test_no_kill_if_memory_recovered_while_the_before_hook_ran(self):
+        hook = os.path.join(self.tmp, 'free-some-memory')
+        with open(hook, 'w') as f:       # the admin's hook frees memory (here: the fake one)
+            f.write('#!/usr/bin/env python3\nimport sys\nsys.path.insert(0, %r)\n'
+                    'import test_bustd\nproc = test_bustd.FakeProc(%r)\n'
+                    'proc.meminfo(total_kib=8 << 20, avail_kib=6 << 20)\n'
+                    % (HERE, self.proc.root))
+        os.chmod(hook, 0o755)
+        child = start_victim()
+        self.addCleanup(stop, child)
+        self.proc.link(child.pid)
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=700 * MIB)
+        log, sink = make_log()
+        s = settings(self.proc, exec_before=hook)
+        sensor = bustd.MachineSensor(s.proc)
+        sensor.check()
+        helpers = bustd.Helpers(log)
+        d = bustd.Daemon(s, sensor, bustd.Policy(s), bustd.load_kernel_calls(), log,
+                         bustd.Notifier(s, helpers, log), helpers)
+        d.start()
+        d.step()
+        self.assertIsNone(child.poll())
+        self.assertIn('memory recovered while the -P hook ran', sink.text())
+        self.assertNotIn('kill: SIGTERM', sink.text())
 
     def test_daemon_keeps_killing_while_a_hook_hangs(self):
         hook = os.path.join(self.tmp, 'hang')
