@@ -2531,12 +2531,9 @@ class Daemon(object):
         th = self.th
         sig = decide(r, th) if r.exact else 0
         now = self.clock()
-        if self.log.verbose:
-            self.log.debug('poll: %s mem_available=%s%s psi_some=%s -> %s' % (
-                'exact' if r.exact else 'cheap', format_kib(r.mem_available_kib),
-                '' if r.exact else '(lower bound)', r.psi_some_avg10,
-                SIGNAL_NAMES.get(sig, 'nothing')))
         if sig:
+            if self.log.verbose:
+                self.log.debug('poll: %s -> %s' % (describe_trigger(r, th), SIGNAL_NAMES[sig]))
             return self.act(sig, now)
         if th.warn_kib >= 0 and r.exact and r.mem_available_kib <= th.warn_kib \
                 and self.notifier is not None:
@@ -2544,7 +2541,13 @@ class Daemon(object):
         if self.settings.report_interval_s and now >= self.next_report:
             self.next_report = now + self.settings.report_interval_s
             self.log.info(self.report_line())
-        return sleep_time_s(r, th)
+        delay = sleep_time_s(r, th)
+        if self.log.verbose:
+            self.log.debug('poll: %s mem_available=%s%s psi_some=%s -> nothing; next in %.0f ms'
+                           % ('exact' if r.exact else 'cheap', format_kib(r.mem_available_kib),
+                              '' if r.exact else ' (lower bound)', r.psi_some_avg10,
+                              delay * 1000))
+        return delay
 
     def report_line(self):
         """Return the -r memory line (an exact reading)."""
