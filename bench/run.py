@@ -217,14 +217,7 @@ def read_pids(path):
 
 def proc_status(pid):
     """Return /proc/PID/status as {key: value text}, or None if gone."""
-    text = read_text('/proc/%d/status' % pid)
-    if text is None:
-        return None
-    out = {}
-    for line in text.splitlines():
-        key, _, value = line.partition(':')
-        out[key] = value.strip()
-    return out
+    return proc_status_path('/proc/%d/status' % pid)
 
 
 def status_kib(status, key):
@@ -252,6 +245,7 @@ def cpu_counters(pid):
 
 
 def proc_status_path(path):
+    """Return a status file as {key: value text}, or None if gone."""
     text = read_text(path)
     if text is None:
         return None
