@@ -555,13 +555,6 @@ class Reading(object):
         self.psi_some_avg10 = self.psi_full_avg10 = None
         self.exact = False
 
-    def copy(self):
-        """Return an independent copy (for logs that outlive the next poll)."""
-        other = Reading()
-        for name in self.__slots__:
-            setattr(other, name, getattr(self, name))
-        return other
-
 
 class EnvironmentProblem(Exception):
     """The machine cannot be watched (exit status 1); the message says why and what to do."""
@@ -1520,7 +1513,6 @@ class Target(object):
         self.members = members or [victim]
         self.pgrp = pgrp
         self.fds = {}
-        self.sent = 0
         self.error = None    # errno of the last failed signal
 
     def open(self):
@@ -1581,7 +1573,6 @@ class Target(object):
             except OSError as exc:   # ESRCH: gone; EPERM: not ours, or an LSM said no
                 self.error = exc.errno
                 return False
-        self.sent = sig
         return True
 
     def release_memory(self):
@@ -1908,7 +1899,7 @@ class Helpers(object):
             time.sleep(KILL_POLL_S)
         return True
 
-    def kill(self, pids, why):
+    def kill(self, pids):
         """Kill the given helpers now (a before-hook that overran its budget)."""
         for pid in pids:
             helper = self.running.get(pid)
@@ -2011,7 +2002,7 @@ class Notifier(object):
         if pids and not self.helpers.wait(pids, self.settings.before_budget_s, interrupt):
             self.log.warning('-P hook still running after %.1f s: killing it; the kill goes ahead'
                              % self.settings.before_budget_s)
-            self.helpers.kill(pids, 'budget')
+            self.helpers.kill(pids)
 
     def after_kill(self, fields):
         """Start -N and the desktop notifications (the victim's memory is back now)."""

@@ -2120,7 +2120,7 @@ class HelpersTest(TempDirTest):
         with open(cg + '/freezer.state', 'w') as f:
             f.write('FROZEN')
         self.assertTrue(wait_until(lambda: 'FROZEN' in read_text(cg + '/freezer.state')))
-        helpers.kill([pid], 'test')                  # returns although it cannot die yet
+        helpers.kill([pid])                  # returns although it cannot die yet
         self.assertIn(pid, helpers.running)
         self.assertTrue(alive(pid))
         with open(cg + '/freezer.state', 'w') as f:
@@ -2148,7 +2148,7 @@ class HelpersTest(TempDirTest):
         self.assertEqual(len(first), 1)
         self.assertEqual(second, [])
         self.assertIn('helpers still running (first): not starting second', self.sink.text())
-        helpers.kill(first, 'test over')
+        helpers.kill(first)
         self.assertEqual(helpers.running, {})
 
     def test_missing_program_costs_one_log_line(self):
@@ -2253,7 +2253,7 @@ class HooksInTheLoopTest(TempDirTest):
         sensor = bustd.MachineSensor(s.proc)
         sensor.check()
         helpers = bustd.Helpers(log, timeout_s=60)
-        self.addCleanup(lambda: helpers.kill(list(helpers.running), 'cleanup'))
+        self.addCleanup(lambda: helpers.kill(list(helpers.running)))
         d = bustd.Daemon(s, sensor, bustd.Policy(s), bustd.load_kernel_calls(), log,
                          bustd.Notifier(s, helpers, log), helpers)
         d.start()
