@@ -105,11 +105,8 @@ PF_EXITING = 0x00000004
 PF_KTHREAD = 0x00200000
 
 # Capabilities (include/uapi/linux/capability.h).
-CAP_DAC_READ_SEARCH = 2
 CAP_KILL = 5
 CAP_IPC_LOCK = 14
-CAP_SYS_PTRACE = 19
-CAP_SYS_RESOURCE = 24
 
 # Since Linux 5.1 new system calls share one number on every architecture
 # except alpha; these are the three we need.
@@ -156,17 +153,15 @@ class KernelCalls(object):
         self.missing = []
 
 
-def load_kernel_calls(use_ctypes=True):
+def load_kernel_calls():
     """Return a KernelCalls with everything this kernel and Python offer."""
     calls = KernelCalls()
-    ctypes = None
-    if use_ctypes:
-        try:
-            import ctypes
-            libc = ctypes.CDLL(None, use_errno=True)
-            calls.has_ctypes = True
-        except (ImportError, OSError):
-            ctypes = None
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        calls.has_ctypes = True
+    except (ImportError, OSError):
+        ctypes = None
     if ctypes is None:
         calls.missing.append('ctypes (no sysinfo, mlockall, process_mrelease)')
     else:
@@ -450,6 +445,9 @@ def parse_percent(text):
 def parse_pair(text, parse_one):
     """Return (term, kill) from 'TERM[,KILL]'; KILL defaults to TERM/2 (earlyoom's rule)."""
     first, sep, second = text.partition(',')
+    if not first.strip() or (sep and (not second.strip() or ',' in second)):
+        raise ValueError('%r is not TERM or TERM,KILL; give one or two values, e.g. 10,5'
+                         % text)
     term = parse_one(first)
     kill = parse_one(second) if sep else term / 2
     if kill > term:
@@ -1270,23 +1268,64 @@ def _glob_step(pattern, p, char):
     if head == '?':
         return 1
     if head == '[':
-        end = pattern.find(']', p + 2)
-        if end > 0:
-            body = pattern[p + 1:end]
-            negate = body[:1] in ('!', '^')
-            if negate:
-                body = body[1:]
-            hit = False
-            i = 0
-            while i < len(body):
-                if i + 2 < len(body) and body[i + 1] == '-':
-                    hit = hit or body[i] <= char <= body[i + 2]
-                    i += 3
-                else:
-                    hit = hit or body[i] == char
-                    i += 1
-            return end - p + 1 if hit != negate else 0
+        parsed = _glob_class(pattern, p + 1)
+        if parsed is not None:   # else the '[' is an ordinary character, as in the shell
+            end, negate, ranges = parsed
+            hit = any(lo <= char <= hi for lo, hi in ranges)
+            return end - p if hit != negate else 0
     return 1 if head == char else 0
+
+
+def _glob_class(pattern, i):
+    """Parse the [...] set whose body starts at i, as fnmatch does.
+
+    Return (index after the ']', negated, [(low, high)...]), or None if the
+    set is not closed.  A ']' right after '[' or '[!' is a member, '-' first
+    or last is literal, and a range whose ends are reversed matches nothing.
+    """
+    j = i
+    if pattern[j:j + 1] == '!':
+        j += 1
+    if pattern[j:j + 1] == ']':
+        j += 1
+    j = pattern.find(']', j)
+    if j < 0:
+        return None
+    stuff = pattern[i:j]
+    chunks = _glob_chunks(stuff) if '-' in stuff else [stuff]
+    negate = chunks[0][:1] == '!'
+    if negate:
+        chunks[0] = chunks[0][1:]
+    ranges = []
+    for n, chunk in enumerate(chunks):
+        # Each chunk's first character ends a range, its last starts the next one.
+        inner = chunk[1 if n else 0:len(chunk) - 1 if n < len(chunks) - 1 else len(chunk)]
+        ranges += [(c, c) for c in inner]
+        if n:
+            ranges.append((chunks[n - 1][-1], chunk[0]))
+    return j + 1, negate, ranges
+
+
+def _glob_chunks(stuff):
+    """Split a set's body at the '-' of its ranges, dropping reversed ranges (fnmatch's way)."""
+    chunks, start = [], 0
+    k = 2 if stuff[0] == '!' else 1
+    while True:
+        k = stuff.find('-', k)
+        if k < 0:
+            break
+        chunks.append(stuff[start:k])
+        start = k + 1
+        k += 3
+    if stuff[start:]:
+        chunks.append(stuff[start:])
+    else:
+        chunks[-1] += '-'
+    for k in range(len(chunks) - 1, 0, -1):
+        if chunks[k - 1][-1] > chunks[k][0]:
+            chunks[k - 1] = chunks[k - 1][:-1] + chunks[k][1:]
+            del chunks[k]
+    return chunks
 
 
 class Policy(object):
@@ -1711,6 +1750,10 @@ TEMPLATE_FIELDS = ('name', 'pid', 'uid', 'user', 'rss', 'signal', 'mem_percent',
 DEFAULT_NOTIFY_TITLE = 'bustd: low memory'
 DEFAULT_NOTIFY_BODY = ('bustd: killed {name} (pid {pid}) to free {rss}; '
                        'memory was at {mem_percent}%')
+# One value of each field's real type: templates are checked against it.
+TEMPLATE_EXAMPLE = {'name': 'hog', 'pid': 4242, 'uid': 1000, 'user': 'alice',
+                    'rss': '1.5 GiB', 'signal': 'SIGTERM', 'mem_percent': '4.8',
+                    'cmdline': 'hog --eat'}
 WARN_TITLE = 'bustd: memory is low'
 WARN_BODY = 'Only {mem_percent}% of memory is available: save your work.'
 
@@ -1802,6 +1845,18 @@ class Command(object):
         self.gid = gid
 
 
+class Helper(object):
+    """A running helper: its label, deadline (None once killed), output pipe and output."""
+    __slots__ = ('label', 'deadline', 'fd', 'output', 'timeout_s')
+
+    def __init__(self, label, deadline, fd, timeout_s):
+        self.label = label
+        self.deadline = deadline
+        self.fd = fd
+        self.output = b''
+        self.timeout_s = timeout_s
+
+
 class Helpers(object):
     """Runs helper programs detached: one batch at a time, timed out, reaped, logged.
 
@@ -1815,14 +1870,14 @@ class Helpers(object):
         self.log = log
         self.clock = clock
         self.timeout_s = timeout_s
-        self.running = {}   # pid -> [label, deadline, fd, output bytes]
+        self.running = {}   # pid -> Helper
 
     def start_batch(self, commands, timeout_s=None):
         """Start the commands; return their pids ([] if a batch is still running)."""
         self.poll()
         if self.running:
             self.log.warning('helpers still running (%s): not starting %s' % (
-                ', '.join(h[0] for h in self.running.values()),
+                ', '.join(h.label for h in self.running.values()),
                 ', '.join(c.label for c in commands)))
             return []
         deadline = self.clock() + (self.timeout_s if timeout_s is None else timeout_s)
@@ -1864,8 +1919,7 @@ class Helpers(object):
             os._exit(127)
         os.close(write_fd)
         os.set_blocking(read_fd, False)
-        # label, deadline (None once killed), output pipe, output, timeout
-        self.running[pid] = [command.label, deadline, read_fd, b'', deadline - self.clock()]
+        self.running[pid] = Helper(command.label, deadline, read_fd, deadline - self.clock())
         return pid
 
     def poll(self):
@@ -1873,7 +1927,7 @@ class Helpers(object):
         now = self.clock()
         for pid, helper in list(self.running.items()):
             self._drain(helper)
-            if helper[1] is not None and now >= helper[1]:
+            if helper.deadline is not None and now >= helper.deadline:
                 # The group takes the helper's children too; the pid itself in
                 # case the child has not reached setsid() yet.
                 for kill in (os.killpg, os.kill):
@@ -1881,13 +1935,13 @@ class Helpers(object):
                         kill(pid, signal.SIGKILL)
                     except OSError:
                         pass
-                helper[1] = None     # killed: reaped below, or on a later poll if it
-                #                      sits in uninterruptible sleep (never waited for)
-            done, status = _reap(pid, patience_s=0.1 if helper[1] is None else 0)
+                helper.deadline = None   # killed: reaped below, or on a later poll if it
+                #                          sits in uninterruptible sleep (never waited for)
+            done, status = _reap(pid, patience_s=0.1 if helper.deadline is None else 0)
             if done:
                 self._drain(helper)
-                self._finish(pid, helper, _status_text(status) if helper[1] is not None
-                             else 'killed after its %.1f s timeout' % helper[4])
+                self._finish(pid, helper, _status_text(status) if helper.deadline is not None
+                             else 'killed after its %.1f s timeout' % helper.timeout_s)
 
     def wait(self, pids, budget_s, interrupt=None):
         """Wait up to budget_s for pids to finish (interrupt() True stops early)."""
@@ -1903,8 +1957,8 @@ class Helpers(object):
         """Kill the given helpers now (a before-hook that overran its budget)."""
         for pid in pids:
             helper = self.running.get(pid)
-            if helper is not None and helper[1] is not None:
-                helper[1] = self.clock()   # deadline reached: poll() kills it
+            if helper is not None and helper.deadline is not None:
+                helper.deadline = self.clock()   # deadline reached: poll() kills it
         if pids:
             self.poll()
 
@@ -1912,21 +1966,21 @@ class Helpers(object):
     def _drain(helper):
         while True:
             try:
-                chunk = os.read(helper[2], 4096)
+                chunk = os.read(helper.fd, 4096)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
                 return
             if not chunk:
                 return
-            if len(helper[3]) < 4096:   # keep the log line bounded
-                helper[3] += chunk
+            if len(helper.output) < 4096:   # keep the log line bounded
+                helper.output += chunk
 
     def _finish(self, pid, helper, how):
         del self.running[pid]
-        os.close(helper[2])
-        output = helper[3].decode('utf-8', 'replace').strip()
-        message = '%s (pid %d): %s' % (helper[0], pid, how)
+        os.close(helper.fd)
+        output = helper.output.decode('utf-8', 'replace').strip()
+        message = '%s (pid %d): %s' % (helper.label, pid, how)
         if output:
             message += '; output: ' + printable(output.replace('\n', ' | '), 500)
         if how == 'exit 0':
@@ -2045,37 +2099,62 @@ def _gid_of(uid):
 # Logging and the service manager: stderr/journald, syslog, a file, sd_notify
 # ============================================================================
 
-LEVELS = {'error': 3, 'warning': 4, 'info': 6, 'debug': 7}
-
-
 class Log(object):
-    """Line logger with one sink; debug lines only with -V; warn_once for degradations."""
+    """Line logger with one sink; debug lines only with -V.
 
-    def __init__(self, sink, verbose=False):
+    A line the sink cannot take (a full disk, /dev/full, no syslog daemon, a
+    log whose directory was removed) goes to the fallback sink instead, after
+    one line there saying why: a kill is never logged to nowhere.
+    """
+
+    def __init__(self, sink, verbose=False, fallback=None):
         self.sink = sink
         self.verbose = verbose
-        self.seen = set()
+        self.fallback = fallback
+        self.failing = False   # the sink failed; the fallback was told why
 
     def error(self, message):
-        self.sink.write(3, message)
+        self.write(3, message)
 
     def warning(self, message):
-        self.sink.write(4, message)
+        self.write(4, message)
 
     def info(self, message):
-        self.sink.write(6, message)
+        self.write(6, message)
 
     def debug(self, message):
         if self.verbose:
-            self.sink.write(7, message)
+            self.write(7, message)
 
-    def warn_once(self, key, message):
-        """Log a warning the first time `key` is seen; return True then."""
-        if key in self.seen:
-            return False
-        self.seen.add(key)
-        self.warning(message)
-        return True
+    def write(self, priority, message):
+        if self.sink.write(priority, message):
+            self.failing = False
+            return
+        if self.fallback is None:
+            return
+        if not self.failing:
+            self.failing = True
+            self.fallback.write(4, 'cannot write the log to %s (%s): logging here until it '
+                                   'works again' % (self.sink.describe(), self.sink.error))
+        self.fallback.write(priority, message)
+
+    def reopen(self):
+        """Reopen the sink (SIGHUP: logrotate) and say how that went."""
+        try:
+            self.sink.reopen()
+        except OSError as exc:
+            # The sink now fails every line: this one, too, reaches the fallback.
+            self.error('SIGHUP: cannot reopen the log %s: %s' % (self.sink.describe(),
+                                                                 exc.strerror))
+            return
+        self.info('SIGHUP: reopened the log (%s)' % self.sink.describe())
+
+
+def write_all(fd, data):
+    """Write all of data to fd, retrying short writes; OSError on failure."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 class StderrSink(object):
@@ -2084,16 +2163,20 @@ class StderrSink(object):
     def __init__(self, fd=2, environ=None):
         self.fd = fd
         self.journal = is_journal_stream(fd, os.environ if environ is None else environ)
+        self.error = None
 
     def write(self, priority, message):
+        """Write one line; return False (reason in .error) if it could not be written."""
         if self.journal:
             line = '<%d>%s\n' % (priority, message)
         else:
             line = '%s: %s%s\n' % (PROG, {3: 'error: ', 4: 'warning: '}.get(priority, ''), message)
         try:
-            os.write(self.fd, line.encode('utf-8', 'replace'))
-        except OSError:
-            pass   # a closed stderr must not stop the daemon
+            write_all(self.fd, line.encode('utf-8', 'replace'))
+            return True
+        except OSError as exc:   # a closed stderr must not stop the daemon
+            self.error = exc.strerror
+            return False
 
     def reopen(self):
         return None
@@ -2130,8 +2213,10 @@ class SyslogSink(object):
     def __init__(self, path='/dev/log'):
         self.path = path
         self.sock = None
+        self.error = None
 
     def write(self, priority, message):
+        """Send one datagram; return False (reason in .error) if it could not be sent."""
         data = ('<%d>%s[%d]: %s' % (3 * 8 + priority, PROG, os.getpid(), message)).encode(
             'utf-8', 'replace')
         for _ in range(2):   # a restarted syslogd needs one reconnect
@@ -2139,11 +2224,13 @@ class SyslogSink(object):
                 if self.sock is None:
                     self.sock = _unix_datagram_socket()
                 self.sock.sendto(data, self.path)
-                return
-            except OSError:
+                return True
+            except OSError as exc:
+                self.error = '%s: %s' % (self.path, exc.strerror)
                 if self.sock is not None:
                     self.sock.close()
                 self.sock = None
+        return False
 
     def reopen(self):
         if self.sock is not None:
@@ -2160,25 +2247,86 @@ class FileSink(object):
     def __init__(self, path):
         self.path = path
         self.fd = None
+        self.error = None
         self.reopen()
 
     def reopen(self):
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        """Open the path again (OSError if it cannot be: then every write fails)."""
         if self.fd is not None:
             os.close(self.fd)
-        self.fd = fd
+            self.fd = None
+        self.fd = open_log_file(self.path)
 
     def write(self, priority, message):
+        """Append one line; return False (reason in .error) if it could not be written."""
+        if self.fd is None:
+            self.error = 'not open'
+            return False
         line = '%s %s[%d]: %s%s\n' % (
             time.strftime('%Y-%m-%dT%H:%M:%S'), PROG, os.getpid(),
             {3: 'error: ', 4: 'warning: ', 7: 'debug: '}.get(priority, ''), message)
         try:
-            os.write(self.fd, line.encode('utf-8', 'replace'))
-        except OSError:
-            pass
+            write_all(self.fd, line.encode('utf-8', 'replace'))
+            return True
+        except OSError as exc:
+            self.error = exc.strerror
+            return False
 
     def describe(self):
         return self.path
+
+
+def open_log_file(path):
+    """Return an fd appending to path: a regular file or a character device, never a FIFO.
+
+    O_NONBLOCK: opening a FIFO for writing would wait for a reader forever.
+    """
+    import stat as stat_module
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        mode = stat_module.S_IFREG
+    fd = None
+    if stat_module.S_ISREG(mode) or stat_module.S_ISCHR(mode):
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC |
+                     os.O_NONBLOCK | os.O_NOCTTY, 0o640)
+        mode = os.fstat(fd).st_mode   # what was opened, if the path changed meanwhile
+    if not (stat_module.S_ISREG(mode) or stat_module.S_ISCHR(mode)):
+        if fd is not None:
+            os.close(fd)
+        raise OSError(errno.EINVAL, 'not a regular file', path)
+    return fd
+
+
+class KmsgSink(object):
+    """The kernel log (/dev/kmsg, read by dmesg and journald): the last resort of a daemon."""
+
+    def __init__(self, path='/dev/kmsg'):
+        self.path = path
+        self.error = None
+
+    def write(self, priority, message):
+        """Write one record; return False (reason in .error) if it could not be written."""
+        line = '<%d>%s[%d]: %s\n' % (priority, PROG, os.getpid(), message)
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError as exc:
+            self.error = exc.strerror
+            return False
+        try:
+            os.write(fd, line.encode('utf-8', 'replace')[:1000])
+            return True
+        except OSError as exc:
+            self.error = exc.strerror
+            return False
+        finally:
+            os.close(fd)
+
+    def reopen(self):
+        return None
+
+    def describe(self):
+        return 'the kernel log (%s)' % self.path
 
 
 class ServiceManager(object):
@@ -2260,35 +2408,63 @@ def daemonize():
     return write_fd
 
 
-def check_pidfile(path, proc='/proc'):
-    """Raise EnvironmentProblem if the pidfile names another live bustd."""
-    pid = read_int(path)
-    if pid is None or pid == os.getpid():
-        return
-    cmdline = read_file('%s/%d/cmdline' % (proc, pid), 4096) or b''
-    if b'bustd' in cmdline:
-        raise EnvironmentProblem('--pidfile %s names a running bustd (pid %d); stop it '
-                                 'first or choose another --pidfile' % (path, pid))
+class Pidfile(object):
+    """--pidfile: holds bustd's pid and, for the daemon's whole life, an exclusive lock.
 
+    The lock (flock: inherited through daemonize's forks, released by the
+    kernel whenever bustd ends) is what says a bustd runs, never a pid that
+    may have been recycled by another process.  The file is written in
+    place: no temporary file for anyone to plant a symlink at.
+    """
 
-def write_pidfile(path):
-    """Write our pid to path atomically (a temporary file renamed over it)."""
-    tmp = '%s.%d.tmp' % (path, os.getpid())
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    try:
-        os.write(fd, ('%d\n' % os.getpid()).encode())
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
-
-
-def remove_pidfile(path):
-    """Remove the pidfile if it is still ours."""
-    if path and read_int(path) == os.getpid():
+    def __init__(self, path):
+        import fcntl
+        import stat as stat_module
+        self.path = path
         try:
-            os.unlink(path)
+            # O_NOFOLLOW: never truncate what a planted symlink points at;
+            # O_NONBLOCK: a FIFO is refused below instead of waited on.
+            self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK |
+                              os.O_CLOEXEC | os.O_NOCTTY, 0o644)
+        except OSError as exc:
+            why = {errno.ELOOP: 'is a symbolic link', errno.EISDIR: 'is a directory'}.get(
+                exc.errno, 'cannot be opened (%s)' % exc.strerror)
+            raise EnvironmentProblem('--pidfile %s %s; give the path of a regular file in a '
+                                     'directory bustd may write, e.g. --pidfile /run/bustd.pid'
+                                     % (path, why))
+        try:
+            if not stat_module.S_ISREG(os.fstat(self.fd).st_mode):
+                raise EnvironmentProblem('--pidfile %s is not a regular file; give a file path, '
+                                         'e.g. --pidfile /run/bustd.pid' % path)
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise EnvironmentProblem('--pidfile %s cannot be locked (%s); give a '
+                                             'file on a local filesystem' % (path, exc.strerror))
+                pid = os.pread(self.fd, 32, 0).decode('ascii', 'replace').strip()
+                raise EnvironmentProblem('--pidfile %s is locked by a running bustd (pid %s); '
+                                         'stop it first or give another --pidfile'
+                                         % (path, printable(pid, 20) or '?'))
+        except EnvironmentProblem:
+            os.close(self.fd)
+            raise
+
+    def write(self, pid):
+        """Write pid into the file (in place: the lock is on this very file)."""
+        data = ('%d\n' % pid).encode()
+        os.pwrite(self.fd, data, 0)
+        os.ftruncate(self.fd, len(data))
+
+    def remove(self):
+        """Unlink the file if it is still the one we locked, and let the lock go."""
+        try:
+            ours, there = os.fstat(self.fd), os.stat(self.path)
+            if (ours.st_dev, ours.st_ino) == (there.st_dev, there.st_ino):
+                os.unlink(self.path)
         except OSError:
             pass
+        os.close(self.fd)
 
 
 def capabilities(proc='/proc'):
@@ -2377,8 +2553,19 @@ class Flags(object):
         self.usr1 = False
 
 
-def install_signal_handlers(flags):
-    """Route SIGTERM/SIGINT/SIGHUP/SIGUSR1 to flags; return a pipe fd that wakes the loop."""
+# Caught from the first line of main(); SIGTERM keeps its default action (stop
+# at once) until the loop's handlers are in place.
+EARLY_SIGNALS = (signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
+
+
+def catch_signals(flags, signals=EARLY_SIGNALS):
+    """Route the signals to flags, then unblock them; return flags.
+
+    Installed first thing: a default SIGHUP or SIGUSR1 would kill bustd and
+    SIGINT raise a traceback.  relaunch blocks them across its exec, so that
+    none is lost; the unblock here delivers what came meanwhile (and a daemon
+    must not keep a blocked mask it inherited: daemon(7)).
+    """
     def on_stop(signum, frame):
         flags.stop = signum
 
@@ -2388,6 +2575,16 @@ def install_signal_handlers(flags):
     def on_usr1(signum, frame):
         flags.usr1 = True
 
+    handlers = {signal.SIGTERM: on_stop, signal.SIGINT: on_stop, signal.SIGHUP: on_hup,
+                signal.SIGUSR1: on_usr1}
+    for signum in signals:
+        signal.signal(signum, handlers[signum])
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, signals + (signal.SIGTERM,))
+    return flags
+
+
+def install_signal_handlers(flags):
+    """Route SIGTERM/SIGINT/SIGHUP/SIGUSR1 to flags; return a pipe fd that wakes the loop."""
     read_fd, write_fd = os.pipe()
     os.set_blocking(read_fd, False)
     os.set_blocking(write_fd, False)
@@ -2395,10 +2592,7 @@ def install_signal_handlers(flags):
         signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
     except TypeError:   # Python < 3.7
         signal.set_wakeup_fd(write_fd)
-    signal.signal(signal.SIGTERM, on_stop)
-    signal.signal(signal.SIGINT, on_stop)
-    signal.signal(signal.SIGHUP, on_hup)
-    signal.signal(signal.SIGUSR1, on_usr1)
+    catch_signals(flags, EARLY_SIGNALS + (signal.SIGTERM,))
     return read_fd
 
 
@@ -2647,11 +2841,7 @@ class Daemon(object):
         """Act on SIGHUP (reopen the log) and SIGUSR1 (log a status)."""
         if self.flags.hup:
             self.flags.hup = False
-            try:
-                self.log.sink.reopen()
-                self.log.info('SIGHUP: reopened the log (%s)' % self.log.sink.describe())
-            except OSError as exc:
-                self.log.error('SIGHUP: cannot reopen the log: %s' % exc.strerror)
+            self.log.reopen()
         if self.flags.usr1:
             self.flags.usr1 = False
             for line in self.status_lines():
@@ -2861,12 +3051,18 @@ EXIT STATUS
 
 DEFAULT_LOG_FILE = '/var/log/bustd.log'
 
+# Names no pattern should match all of: a -u/--ignore pattern that matches
+# every one of them protects every process, and bustd could never kill.
+PROBE_NAMES = ('a', 'hog', 'python3', 'Z9', 'x-y_z.1', 'chrome --type=renderer')
 
-def _arg_type(parse, name):
-    """Wrap a ValueError-raising parser as an argparse type with a readable name."""
+
+def _arg_type(parse, name, example):
+    """Wrap a ValueError-raising parser as an argparse type that refuses empty values."""
     import argparse
 
     def convert(text):
+        if not text.strip():
+            raise argparse.ArgumentTypeError('empty value; give e.g. %s' % example)
         try:
             return parse(text)
         except ValueError as exc:
@@ -2883,12 +3079,18 @@ def _psi_value(text):
 
 
 def _compile_regex(text):
+    """Return the compiled pattern; ValueError (one line) for anything re cannot compile."""
     import re
+    import warnings
     try:
-        return re.compile(text)
-    except re.error as exc:
+        with warnings.catch_warnings():
+            # "Possible nested set" FutureWarnings: valid patterns, noise in a daemon's log.
+            warnings.simplefilter('ignore')
+            return re.compile(text)
+    except (re.error, RecursionError, OverflowError, MemoryError, ValueError) as exc:
         raise ValueError('bad regular expression %r: %s; e.g. --prefer "^(firefox|chrome)$"'
-                         % (text, exc))
+                         % (printable(text, 60), printable(str(exc), 100) or
+                            type(exc).__name__))
 
 
 def _seconds(text):
@@ -2897,7 +3099,8 @@ def _seconds(text):
     except ValueError:
         raise ValueError('%r is not a number of seconds; e.g. -r 60' % text)
     if not 0 <= value < 1e9:
-        raise ValueError('%r must be 0 or more seconds' % text)
+        raise ValueError('%r is out of range: give 0 (off) to 999999999 seconds, '
+                         'e.g. -r 3600' % text)
     return value
 
 
@@ -2910,18 +3113,59 @@ def _executable(text):
 
 
 def _template(text):
+    """Return text if it formats with plain fields of the real types ({pid:>6}: yes,
+    {name.__class__}: no); ValueError otherwise."""
+    import _string
     try:
-        text.format_map(dict((f, '') for f in TEMPLATE_FIELDS))
+        for _, field, _, _ in _string.formatter_parser(text):
+            if field is not None and field not in TEMPLATE_FIELDS:
+                raise KeyError(field)
+        text.format_map(TEMPLATE_EXAMPLE)
     except KeyError as exc:
-        raise ValueError('unknown field {%s}; use %s' % (
-            exc.args[0], ' '.join('{%s}' % f for f in TEMPLATE_FIELDS)))
+        raise ValueError('unknown field {%s}; use %s (plain names, a format spec may follow '
+                         'a colon: {pid:>7})' % (exc.args[0], ' '.join(
+                             '{%s}' % f for f in TEMPLATE_FIELDS)))
     except (ValueError, IndexError, AttributeError, TypeError) as exc:
         raise ValueError('bad template %r: %s; write fields as {name}' % (text, exc))
     return text
 
 
+def _path(text):
+    return text
+
+
+def _globs(text):
+    """Return text if every '|'-separated glob in it is non-empty."""
+    if any(not g for g in text.split('|')):
+        raise ValueError("%r has an empty glob; separate names with one '|', e.g. "
+                         "-u 'sshd|Xorg'" % text)
+    return text
+
+
+def default_text(action, defaults):
+    """Return how --help and the README show an option's default ('' when it has none)."""
+    if not action.option_strings or action.dest in ('help', 'version'):
+        return ''
+    if action.nargs == 0:   # a switch
+        return 'off'
+    value = getattr(defaults, action.dest)
+    if value is None or value == ():
+        return ''
+    if isinstance(value, tuple):
+        return ','.join('%g' % v for v in value)
+    if isinstance(value, float):
+        return '%g' % value
+    return str(value)
+
+
 def build_parser():
-    """Return the argparse parser (imported here: the daemon does not keep it loaded)."""
+    """Return the argparse parser (imported here: the daemon does not keep it loaded).
+
+    Every option's dest is a Settings attribute and its default is Settings()'s
+    (argparse keeps none: options not given are absent from the namespace), so
+    a default lives in one place; --help shows it, and a test holds the README
+    to it.
+    """
     import argparse
 
     class Parser(argparse.ArgumentParser):
@@ -2929,90 +3173,110 @@ def build_parser():
             raise UsageError(message)
 
     parser = Parser(prog=PROG, description=DESCRIPTION, add_help=False,
+                    argument_default=argparse.SUPPRESS,
                     epilog=EPILOG.format(
                         protected='\n  '.join(_wrap(' '.join(DEFAULT_UNKILLABLES), 70)),
                         log_file=DEFAULT_LOG_FILE),
                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    pct_pair = _arg_type(lambda t: parse_pair(t, parse_percent), 'PERCENT[,KILL_PERCENT]')
-    size_pair = _arg_type(lambda t: parse_pair(t, parse_size_kib), 'SIZE[,KILL_SIZE]')
+    pct_pair = _arg_type(lambda t: parse_pair(t, parse_percent), 'PERCENT[,KILL_PERCENT]',
+                         '10,5')
+    size_pair = _arg_type(lambda t: parse_pair(t, parse_size_kib), 'SIZE[,KILL_SIZE]',
+                          '1G,512M')
+    regex = _arg_type(_compile_regex, 'REGEX', "'^(chrome|firefox)$'")
+    template = _arg_type(_template, 'TEMPLATE', "'{name} was killed'")
+    percent = _arg_type(parse_percent, 'PERCENT', '15')
+    program = _arg_type(_executable, 'PATH', '/usr/local/bin/on-oom')
+    defaults = Settings()
+
+    def option(group, *flags, **kw):
+        action = group.add_argument(*flags, **kw)
+        shown = default_text(action, defaults)
+        if shown:
+            action.help += ' (default %s)' % shown.replace('%', '%%')
+        return action
 
     g = parser.add_argument_group('when to act')
-    g.add_argument('-m', '--mem-min', metavar='PERCENT[,KILL]', type=pct_pair,
-                   help='available memory levels in %% of RAM (default 10,5)')
-    g.add_argument('-s', '--swap-min', metavar='PERCENT[,KILL]', type=pct_pair,
-                   help='free swap levels in %% of swap (default 10,5)')
-    g.add_argument('-M', '--mem-min-size', metavar='SIZE[,KILL]', type=size_pair,
-                   help='available memory levels as sizes (512M, 1G; plain = KiB)')
-    g.add_argument('-S', '--swap-min-size', metavar='SIZE[,KILL]', type=size_pair,
-                   help='free swap levels as sizes')
-    g.add_argument('-p', '--psi', metavar='AVG10|off', type=_arg_type(_psi_value, 'AVG10'),
-                   default=DEFAULT_PSI_AVG10,
-                   help='SIGTERM when memory PSI "some" avg10 reaches this (default 25)')
-    g.add_argument('--psi-mem-max', metavar='PERCENT', type=_arg_type(parse_percent, 'PERCENT'),
-                   default=DEFAULT_PSI_MEM_MAX_PERCENT,
-                   help='...while available memory is below this %% (default 15)')
-    g.add_argument('--cgroup', metavar='PATH|auto',
-                   help='watch one cgroup (v1 or v2) and kill only inside it; auto = '
-                        "bustd's own cgroup")
+    option(g, '-m', '--mem-min', dest='mem_percent', metavar='PERCENT[,KILL]', type=pct_pair,
+           help='available memory levels in %% of RAM')
+    option(g, '-s', '--swap-min', dest='swap_percent', metavar='PERCENT[,KILL]',
+           type=pct_pair, help='free swap levels in %% of swap')
+    option(g, '-M', '--mem-min-size', dest='mem_size_kib', metavar='SIZE[,KILL]',
+           type=size_pair, help='available memory levels as sizes (512M, 1G; plain = KiB)')
+    option(g, '-S', '--swap-min-size', dest='swap_size_kib', metavar='SIZE[,KILL]',
+           type=size_pair, help='free swap levels as sizes')
+    option(g, '-p', '--psi', dest='psi_avg10', metavar='AVG10|off',
+           type=_arg_type(_psi_value, 'AVG10', '25'),
+           help='SIGTERM when memory PSI "some" avg10 reaches this')
+    option(g, '--psi-mem-max', dest='psi_mem_max_percent', metavar='PERCENT', type=percent,
+           help='...while available memory is below this %%')
+    option(g, '--cgroup', metavar='PATH|auto',
+           type=_arg_type(_path, 'PATH', '--cgroup system.slice/build.service'),
+           help="watch one cgroup (v1 or v2) and kill only inside it; auto = bustd's own "
+                'cgroup; a relative PATH is inside the memory hierarchy')
 
     g = parser.add_argument_group('whom to kill')
-    g.add_argument('-u', '--unkillables', metavar='GLOB[|GLOB...]', action='append', default=[],
-                   help='never kill processes whose name matches a glob (repeatable)')
-    g.add_argument('--ignore', metavar='REGEX', type=_arg_type(_compile_regex, 'REGEX'),
-                   help='never kill processes whose name matches REGEX')
-    g.add_argument('--ignore-root-user', action='store_true',
-                   help='never kill processes owned by root')
-    g.add_argument('--no-default-unkillables', action='store_true',
-                   help='drop the built-in protected list (see below)')
-    g.add_argument('--prefer', metavar='REGEX', type=_arg_type(_compile_regex, 'REGEX'),
-                   help='kill matching names first (oom_score +%d)' % PREFER_ADJUST)
-    g.add_argument('--avoid', metavar='REGEX', type=_arg_type(_compile_regex, 'REGEX'),
-                   help='kill matching names last (oom_score -%d)' % PREFER_ADJUST)
-    g.add_argument('--match', choices=('name', 'cmdline'), default='name',
-                   help='what -u/--ignore/--prefer/--avoid see: the process name '
-                        '(default) or the whole command line, NULs as spaces')
-    g.add_argument('--sort-by-rss', action='store_true',
-                   help='choose the largest RSS instead of the highest oom_score')
-    g.add_argument('-g', '--kill-pgroup', action='store_true',
-                   help="signal the victim's whole process group (refused for a group "
-                        "with PID 1, bustd, bustd's session or a protected process)")
-    g.add_argument('--list', '--tasks', dest='list', action='store_true',
-                   help='print who would be killed, in order, and exit')
+    option(g, '-u', '--unkillables', metavar='GLOB[|GLOB...]', action='append',
+           type=_arg_type(_globs, 'GLOB', "'sshd|Xorg'"),
+           help='never kill processes whose name matches a glob (repeatable)')
+    option(g, '--ignore', dest='ignore_re', metavar='REGEX', type=regex,
+           help='never kill processes whose name matches REGEX')
+    option(g, '--ignore-root-user', action='store_true',
+           help='never kill processes owned by root')
+    option(g, '--no-default-unkillables', dest='default_unkillables', action='store_false',
+           help='drop the built-in protected list (see below)')
+    option(g, '--prefer', dest='prefer_re', metavar='REGEX', type=regex,
+           help='kill matching names first (oom_score +%d)' % PREFER_ADJUST)
+    option(g, '--avoid', dest='avoid_re', metavar='REGEX', type=regex,
+           help='kill matching names last (oom_score -%d)' % PREFER_ADJUST)
+    option(g, '--match', choices=('name', 'cmdline'),
+           help='what -u/--ignore/--prefer/--avoid see: the process name '
+                'or the whole command line, NULs as spaces')
+    option(g, '--sort-by-rss', action='store_true',
+           help='choose the largest RSS instead of the highest oom_score')
+    option(g, '-g', '--kill-pgroup', action='store_true',
+           help="signal the victim's whole process group (refused for a group "
+                "with PID 1, bustd, bustd's session or a protected process)")
+    option(g, '--list', '--tasks', dest='list', action='store_true',
+           help='print who would be killed, in order, and exit')
 
     g = parser.add_argument_group('telling people')
-    g.add_argument('--notify', action='store_true',
-                   help="desktop notification to every logged-in user after a kill")
-    g.add_argument('--notify-title', metavar='TEMPLATE', type=_arg_type(_template, 'TEMPLATE'),
-                   help='notification title (default "%s")' % DEFAULT_NOTIFY_TITLE)
-    g.add_argument('--notify-body', metavar='TEMPLATE', type=_arg_type(_template, 'TEMPLATE'),
-                   help='notification body; fields: %s' % ' '.join(
-                       '{%s}' % f for f in TEMPLATE_FIELDS))
-    g.add_argument('--warn', metavar='PERCENT', type=_arg_type(parse_percent, 'PERCENT'),
-                   help='warn (log, and notify with --notify) when available memory falls '
-                        'below PERCENT, at most once a minute')
-    g.add_argument('-N', '--exec-after', metavar='PATH', type=_arg_type(_executable, 'PATH'),
-                   help='run PATH after each kill (BUSTD_* environment)')
-    g.add_argument('-P', '--exec-before', metavar='PATH', type=_arg_type(_executable, 'PATH'),
-                   help='run PATH just before each kill; the kill waits at most %g s'
-                        % BEFORE_HOOK_BUDGET_S)
+    option(g, '--notify', action='store_true',
+           help="desktop notification to every logged-in user after a kill")
+    option(g, '--notify-title', metavar='TEMPLATE', type=template,
+           help='notification title')
+    option(g, '--notify-body', metavar='TEMPLATE', type=template,
+           help='notification body; fields: %s' % ' '.join(
+               '{%s}' % f for f in TEMPLATE_FIELDS))
+    option(g, '--warn', dest='warn_percent', metavar='PERCENT', type=percent,
+           help='warn (log, and notify with --notify) when available memory falls '
+                'below PERCENT, at most once a minute')
+    option(g, '-N', '--exec-after', metavar='PATH', type=program,
+           help='run PATH after each kill (BUSTD_* environment)')
+    option(g, '-P', '--exec-before', metavar='PATH', type=program,
+           help='run PATH just before each kill; the kill waits at most %g s'
+                % BEFORE_HOOK_BUDGET_S)
 
     g = parser.add_argument_group('running')
-    g.add_argument('-n', '--no-daemon', action='store_true',
-                   help='stay in the foreground, log to stderr (for systemd, containers)')
-    g.add_argument('--pidfile', metavar='PATH', help='write the pid here (removed on exit)')
-    g.add_argument('--log-file', metavar='PATH', help='log to this file')
-    g.add_argument('--syslog', action='store_true', help='log to syslog even in the foreground')
-    g.add_argument('-V', '--verbose', action='store_true',
-                   help='debug output: every poll, and why each victim was chosen')
-    g.add_argument('-r', '--report-interval', metavar='SECONDS', type=_arg_type(
-        _seconds, 'SECONDS'), default=0.0, help='log a memory line every SECONDS (0 = off)')
-    g.add_argument('--dry-run', '--dryrun', dest='dry_run', action='store_true',
-                   help='do everything but send signals (logged at most once a second)')
-    g.add_argument('--proc', metavar='DIR', default='/proc',
-                   help='read processes and memory from DIR (e.g. a host /proc mounted in '
-                        'a container)')
-    g.add_argument('--sys', dest='sys_fs', metavar='DIR', default='/sys',
-                   help='sysfs root for cgroup discovery (default /sys)')
+    option(g, '-n', '--no-daemon', dest='daemon', action='store_false',
+           help='stay in the foreground, log to stderr (for systemd, containers)')
+    option(g, '--pidfile', metavar='PATH', type=_arg_type(_path, 'PATH', '/run/bustd.pid'),
+           help='write the pid here and hold a lock on it (removed on exit)')
+    option(g, '--log-file', metavar='PATH',
+           type=_arg_type(_path, 'PATH', '/var/log/bustd.log'), help='log to this file')
+    option(g, '--syslog', action='store_true', help='log to syslog even in the foreground')
+    option(g, '-V', '--verbose', action='store_true',
+           help='debug output: every poll, and why each victim was chosen')
+    option(g, '-r', '--report-interval', dest='report_interval_s', metavar='SECONDS',
+           type=_arg_type(_seconds, 'SECONDS', '-r 3600'),
+           help='log a memory line every SECONDS (0 = off)')
+    option(g, '--dry-run', '--dryrun', dest='dry_run', action='store_true',
+           help='decide and log, but send no signal and run no -P/-N hook or '
+                'notification (logged at most once a second)')
+    option(g, '--proc', metavar='DIR', type=_arg_type(_path, 'DIR', '/proc'),
+           help='read processes and memory from DIR (e.g. a host /proc mounted in '
+                'a container)')
+    option(g, '--sys', dest='sys_fs', metavar='DIR', type=_arg_type(_path, 'DIR', '/sys'),
+           help='sysfs root for cgroup discovery')
     g.add_argument('-h', '--help', action='help', help='show this manual and exit')
     g.add_argument('--version', action='version', version='%s %s' % (PROG, __version__))
     return parser
@@ -3030,51 +3294,65 @@ def _wrap(text, width):
     return lines + [line] if line else lines
 
 
+def _attach_negative_values(argv, parser):
+    """Return argv with '-M -1G' written '-M=-1G'.
+
+    argparse reads a value that starts with '-' as the next option, and
+    says "expected one argument": joined, the value reaches its parser,
+    whose message names the real problem.
+    """
+    takes_value = set(s for a in parser._actions if a.option_strings and a.nargs is None
+                      for s in a.option_strings)
+    out = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == '--':
+            return out + argv[i:]
+        if (arg in takes_value and i + 1 < len(argv) and argv[i + 1][:1] == '-' and
+                argv[i + 1][1:2] in tuple('0123456789.')):
+            out.append(arg + '=' + argv[i + 1])
+            i += 2
+            continue
+        out.append(arg)
+        i += 1
+    return out
+
+
 def parse_settings(argv):
     """Return Settings from argv; raise UsageError (or SystemExit for --help/--version)."""
-    args = build_parser().parse_args(argv)
-    s = Settings()
-    if args.mem_min is not None:
-        s.mem_percent = args.mem_min
-    if args.swap_min is not None:
-        s.swap_percent = args.swap_min
-    s.mem_size_kib = args.mem_min_size
-    s.swap_size_kib = args.swap_min_size
-    if args.mem_min_size is not None and args.mem_min is None:
+    parser = build_parser()
+    given = vars(parser.parse_args(_attach_negative_values(list(argv), parser)))
+    s = Settings(**given)
+    if 'mem_size_kib' in given and 'mem_percent' not in given:
         s.mem_percent = (100.0, 100.0)   # the size alone decides, as in earlyoom
-    if args.swap_min_size is not None and args.swap_min is None:
+    if 'swap_size_kib' in given and 'swap_percent' not in given:
         s.swap_percent = (100.0, 100.0)
-    s.psi_avg10 = args.psi
-    s.psi_mem_max_percent = args.psi_mem_max
-    s.cgroup = args.cgroup
-    s.unkillables = tuple(g for value in args.unkillables for g in value.split('|') if g)
-    s.ignore_re, s.prefer_re, s.avoid_re = args.ignore, args.prefer, args.avoid
-    s.ignore_root_user = args.ignore_root_user
-    s.default_unkillables = not args.no_default_unkillables
-    s.match = args.match
-    s.sort_by_rss = args.sort_by_rss
-    s.kill_pgroup = args.kill_pgroup
-    s.list = args.list
-    s.notify = args.notify
-    s.notify_title = args.notify_title or DEFAULT_NOTIFY_TITLE
-    s.notify_body = args.notify_body or DEFAULT_NOTIFY_BODY
-    s.warn_percent = args.warn
-    s.exec_after, s.exec_before = args.exec_after, args.exec_before
-    s.daemon = not args.no_daemon
-    s.pidfile = args.pidfile and os.path.abspath(args.pidfile)
-    s.log_file = args.log_file and os.path.abspath(args.log_file)
-    s.syslog = args.syslog
-    s.verbose = args.verbose
-    s.report_interval_s = args.report_interval
-    s.dry_run = args.dry_run
+    s.unkillables = tuple(g for value in s.unkillables for g in value.split('|'))
     # Absolute: a daemon changes to / before it reads them.
-    s.proc = os.path.abspath(args.proc)
-    s.sys_fs = os.path.abspath(args.sys_fs)
+    for name in ('pidfile', 'log_file', 'proc', 'sys_fs'):
+        if getattr(s, name) is not None:
+            setattr(s, name, os.path.abspath(getattr(s, name)))
     if s.log_file and s.syslog:
         raise UsageError('--log-file and --syslog: choose one log destination')
-    if (args.notify_title or args.notify_body) and not s.notify:
+    if ('notify_title' in given or 'notify_body' in given) and not s.notify:
         raise UsageError('--notify-title/--notify-body only apply with --notify; add --notify')
+    check_protects_something(s)
     return s
+
+
+def check_protects_something(settings):
+    """Raise UsageError if a -u glob or --ignore matches every name: nothing could be killed."""
+    for pattern in settings.unkillables:
+        if all(glob_match(pattern, name) for name in PROBE_NAMES):
+            raise UsageError("argument -u/--unkillables: %r matches every process name, so "
+                             "bustd could never kill; name what to protect, e.g. -u 'sshd|Xorg'"
+                             % pattern)
+    if settings.ignore_re is not None and all(settings.ignore_re.search(name)
+                                              for name in PROBE_NAMES):
+        raise UsageError("argument --ignore: %r matches every process name, so bustd could "
+                         "never kill; anchor it, e.g. --ignore '^(sshd|Xorg)$'"
+                         % settings.ignore_re.pattern)
 
 
 # ============================================================================
@@ -3106,6 +3384,16 @@ def choose_log_sink(settings):
     if settings.daemon:
         return FileSink(DEFAULT_LOG_FILE)
     return StderrSink()
+
+
+def choose_fallback_sink(settings, sink, environ):
+    """Return where lines go when the sink fails: stderr in the foreground, else syslog
+    or the kernel log."""
+    if not settings.daemon:
+        return None if isinstance(sink, StderrSink) else StderrSink(environ=environ)
+    if not isinstance(sink, SyslogSink) and _is_socket('/dev/log'):
+        return SyslogSink('/dev/log')
+    return KmsgSink()
 
 
 def _is_socket(path):
@@ -3182,18 +3470,22 @@ def _yes(value):
 
 
 def _stderr(message):
+    # Bytes that were not UTF-8 on the command line show as \xff, not as '?'.
+    line = ('%s: %s\n' % (PROG, message)).encode('utf-8', 'surrogateescape').decode(
+        'utf-8', 'backslashreplace')
     try:
-        os.write(2, ('%s: %s\n' % (PROG, message)).encode('utf-8', 'replace'))
+        os.write(2, line.encode('utf-8', 'replace'))
     except OSError:
         pass
 
 
 def main(argv=None):
     """Run bustd with argv (default sys.argv[1:]) in this interpreter; return the exit status."""
+    flags = catch_signals(Flags())
     settings, status = parse_or_status(sys.argv[1:] if argv is None else argv)
     if settings is None:
         return status
-    return start(settings)
+    return start(settings, flags)
 
 
 def parse_or_status(argv):
@@ -3203,17 +3495,38 @@ def parse_or_status(argv):
     except UsageError as exc:
         _stderr('%s (see %s --help)' % (exc, PROG))
         return None, EXIT_USAGE
-    except SystemExit as exc:   # --help, --version
-        return None, exc.code or 0
+    except SystemExit as exc:   # --help, --version: argparse printed to sys.stdout
+        return None, flush_stdout() or exc.code or 0
 
 
-def start(settings):
+def flush_stdout():
+    """Flush sys.stdout; return 0, or the exit status for a closed pipe or a write error."""
+    try:
+        sys.stdout.flush()
+        return 0
+    except OSError as exc:
+        # Nothing must be left for the interpreter to flush (and fail on) at exit.
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 1)
+        os.close(null)
+        return _output_error(exc)
+
+
+def _output_error(exc):
+    """Return the exit status for a failed write to stdout, as standard tools behave."""
+    if exc.errno == errno.EPIPE:   # `bustd --list | head`: the reader has all it wants
+        return 128 + signal.SIGPIPE
+    _stderr('cannot write to stdout: %s' % exc.strerror)
+    return EXIT_ENV
+
+
+def start(settings, flags=None):
     """Run with parsed settings; return the exit status (1: environment, 2: usage)."""
     if not sys.platform.startswith('linux'):
         _stderr('bustd runs on Linux only (this is %s)' % sys.platform)
         return EXIT_ENV
     try:
-        return run(settings)
+        return run(settings, flags=flags)
     except UsageError as exc:
         _stderr('%s (see %s --help)' % (exc, PROG))
         return EXIT_USAGE
@@ -3222,8 +3535,11 @@ def start(settings):
         return EXIT_ENV
 
 
-def run(settings, environ=None):
-    """Set up and run the daemon for settings; return the exit status."""
+def run(settings, environ=None, flags=None):
+    """Set up and run the daemon for settings; return the exit status.
+
+    flags: the Flags the early signal handlers set (catch_signals), if any.
+    """
     environ = os.environ if environ is None else environ
     calls = load_kernel_calls()
     log = Log(StderrSink(environ=environ), settings.verbose)
@@ -3240,16 +3556,15 @@ def run(settings, environ=None):
     only_uid = None if has_cap(caps, CAP_KILL) else os.geteuid()
     policy = Policy(settings, only_uid)
     if settings.list:
-        processes = scan_processes(settings.proc, policy, sensor.member_pids())
-        print(format_table(processes, settings.sort_by_rss, user_name_function()))
-        return EXIT_OK
-    if settings.pidfile:
-        check_pidfile(settings.pidfile)
+        return print_list(settings, policy, sensor, flags)
     try:
         sink = choose_log_sink(settings)
     except OSError as exc:
-        raise EnvironmentProblem('cannot open the log file %s (%s); give --log-file PATH '
-                                 'or -n' % (exc.filename, exc.strerror))
+        raise EnvironmentProblem('cannot open the log file %s (%s); give --log-file the path '
+                                 'of a writable regular file, or --syslog'
+                                 % (exc.filename, exc.strerror))
+    # Locked before daemonizing: a second bustd is refused here, on the terminal.
+    pidfile = Pidfile(settings.pidfile) if settings.pidfile else None
     report_fd = None
     if settings.daemon:
         result = daemonize()
@@ -3257,22 +3572,49 @@ def run(settings, environ=None):
             if not result:
                 _stderr('the daemon exited during start-up; see %s' % sink.describe())
                 return EXIT_ENV
-            print('%s: running as pid %s, logging to %s' % (PROG, result, sink.describe()))
+            try:
+                write_all(1, ('%s: running as pid %s, logging to %s\n' % (
+                    PROG, result, sink.describe())).encode('utf-8', 'replace'))
+            except OSError:
+                pass   # the daemon runs: that is what the status says
             return EXIT_OK
         report_fd = result
     log.sink = sink
+    log.fallback = choose_fallback_sink(settings, sink, environ)
     try:
-        if settings.pidfile:
-            write_pidfile(settings.pidfile)
-        return serve(settings, sensor, policy, calls, caps, log, warnings, environ, report_fd)
+        if pidfile is not None:
+            pidfile.write(os.getpid())
+        return serve(settings, sensor, policy, calls, caps, log, warnings, environ, report_fd,
+                     flags)
     except (EnvironmentProblem, OSError) as exc:
         log.error('cannot run: %s' % exc)   # stderr may be /dev/null by now
         return EXIT_ENV
     finally:
-        remove_pidfile(settings.pidfile)
+        if pidfile is not None:
+            pidfile.remove()
 
 
-def serve(settings, sensor, policy, calls, caps, log, warnings, environ, report_fd=None):
+def print_list(settings, policy, sensor, flags=None):
+    """--list: print the candidates; return the exit status (130 on SIGINT, as a shell's)."""
+    if flags is not None and flags.stop:
+        return 128 + flags.stop
+    # A one-shot command stops on Ctrl-C: the flag handler would wait for a loop.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        processes = scan_processes(settings.proc, policy, sensor.member_pids())
+        table = format_table(processes, settings.sort_by_rss, user_name_function())
+        write_all(1, (table + '\n').encode('utf-8', 'replace'))
+    except KeyboardInterrupt:
+        return 128 + signal.SIGINT
+    except OSError as exc:
+        return _output_error(exc)
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)   # exiting now: no late traceback
+    return EXIT_OK
+
+
+def serve(settings, sensor, policy, calls, caps, log, warnings, environ, report_fd=None,
+          flags=None):
     """Protect the daemon, start the loop, tell the service manager; return the exit status."""
     for warning in warnings:
         log.warning(warning)
@@ -3288,6 +3630,8 @@ def serve(settings, sensor, policy, calls, caps, log, warnings, environ, report_
     waiter = Waiter()
     daemon = Daemon(settings, sensor, policy, calls, log, notifier, helpers, service,
                     sleep=waiter)
+    if flags is not None:   # signals that came during start-up are acted on
+        daemon.flags = flags
     waiter.add(install_signal_handlers(daemon.flags), waiter.select.POLLIN, 'signal')
     daemon.start()
     wakeups = []
@@ -3338,30 +3682,57 @@ def serve(settings, sensor, policy, calls, caps, log, warnings, environ, report_
 # pid) with a fresh `python3 -I -S` that receives the compiled code and the
 # settings through a memfd.  The daemon thus never holds argparse, nor the
 # ~5 MiB syntax tree CPython keeps for a running script, nor the compiler's
-# leftovers: 3-4 MiB less RSS.  -I -S also keep PYTHON* variables, user
-# site-packages and .pth hooks out of a root daemon.
+# leftovers: 3-4 MiB less RSS.  (Compiling this file inside the new
+# interpreter instead was measured: 2.2 MiB more RSS, after malloc_trim.)
+# -I -S also keep PYTHON* variables, user site-packages and .pth hooks out of
+# a root daemon.
 LOADER = ("import marshal, os, sys; f = os.fdopen(int(sys.argv[1]), 'rb'); "
           "code, settings = marshal.load(f); f.close(); "
           "g = {'__name__': '__bustd__', '__file__': sys.argv[2]}; exec(code, g); "
-          "sys.exit(g['start'](g['Settings'].from_dict(settings)))")
+          "sys.exit(g['isolated_main'](settings))")
 
 
-def relaunch(settings, code, argv):
-    """exec the isolated daemon interpreter; return only if that cannot be done here."""
+def isolated_main(plain_settings):
+    """The relaunched daemon's entry point (LOADER calls it): run plain settings."""
+    flags = catch_signals(Flags())
+    return start(Settings.from_dict(plain_settings), flags)
+
+
+def relaunch(settings, code, argv, flags):
+    """exec the isolated daemon interpreter; return why not if that cannot be done here."""
     memfd_create = _memfd_create_function()
-    if not sys.executable or code is None or memfd_create is None:
-        return
+    if not sys.executable:
+        return 'no sys.executable'
+    if code is None:
+        return 'no code object of this module'
+    if memfd_create is None:
+        return 'no memfd_create'
     import marshal
     try:
+        data = marshal.dumps((code, settings.to_dict()))
+    except ValueError as exc:   # a setting of a type marshal cannot carry: a bug
+        return 'settings cannot be marshalled (%s)' % exc
+    fd = None
+    try:
         fd = memfd_create('bustd-code')
-        os.write(fd, marshal.dumps((code, settings.to_dict())))
+        os.write(fd, data)
         os.lseek(fd, 0, os.SEEK_SET)
         os.set_inheritable(fd, True)
+        # Signals that come until the new interpreter has its handlers stay
+        # pending (isolated_main unblocks them); any already caught are re-sent.
+        signal.pthread_sigmask(signal.SIG_BLOCK, EARLY_SIGNALS + (signal.SIGTERM,))
+        for signum, caught in ((flags.stop, flags.stop), (signal.SIGHUP, flags.hup),
+                               (signal.SIGUSR1, flags.usr1)):
+            if caught:
+                os.kill(os.getpid(), signum)
         # argv is passed on unused, so that ps and pgrep show the real command.
         os.execv(sys.executable, [sys.executable, '-I', '-S', '-c', LOADER, str(fd),
                                   os.path.abspath(__file__)] + argv)
-    except (OSError, ValueError):
-        pass   # run in this interpreter, at some RSS cost
+    except OSError as exc:
+        catch_signals(flags)   # whatever was re-sent lands in flags again
+        if fd is not None:
+            os.close(fd)
+        return exc.strerror
 
 
 def _memfd_create_function():
@@ -3381,12 +3752,15 @@ def _memfd_create_function():
 
 def launch(argv, code=None):
     """The program's entry point: parse argv, then relaunch isolated and run."""
+    flags = catch_signals(Flags())
     settings, status = parse_or_status(argv)
     if settings is None:
         return status
     if not settings.list:
-        relaunch(settings, code, argv)
-    return start(settings)
+        why = relaunch(settings, code, argv, flags)
+        _stderr('warning: cannot relaunch in an isolated interpreter (%s): running in this '
+                'one, with about 4 MiB more memory' % why)
+    return start(settings, flags)
 
 
 if __name__ == '__main__':

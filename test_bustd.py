@@ -41,6 +41,7 @@ class ListSink(object):
 
     def write(self, priority, message):
         self.lines.append((priority, message))
+        return True
 
     def reopen(self):
         self.lines.append((6, 'reopened'))
@@ -1511,53 +1512,243 @@ class CgroupPressureTest(unittest.TestCase):
 # The command line as a black box
 # ----------------------------------------------------------------------------
 
-class CliTest(TempDirTest):
-    BAD = [
-        (['-m', '120'], '-m/--mem-min'),
-        (['-m', 'abc'], '-m/--mem-min'),
-        (['-m', '5,10'], '-m/--mem-min'),
-        (['-s', '200'], '-s/--swap-min'),
-        (['-M', '12X'], '-M/--mem-min-size'),
-        (['-S', '-1G'], '-S/--swap-min-size'),
-        (['-p', 'abc'], '-p/--psi'),
-        (['--psi-mem-max', '101'], '--psi-mem-max'),
-        (['-r', '-1'], '-r/--report-interval'),
-        (['-r', 'often'], '-r/--report-interval'),
-        (['--bogus'], 'unrecognized arguments: --bogus'),
-        (['-m'], '-m/--mem-min'),
-        (['--match', 'pid'], '--match'),
-        (['--ignore', '('], '--ignore'),
-        (['--prefer', '[a'], '--prefer'),
-        (['--avoid', '*x'], '--avoid'),
-        (['--log-file', '/tmp/x.log', '--syslog'], '--syslog'),
-        (['--notify-title', 'x'], '--notify'),
-        (['--notify', '--notify-body', 'killed {bogus}'], '--notify-body'),
-        (['--warn', '5'], '--warn'),
-        (['-N', 'relative/hook'], '-N/--exec-after'),
-        (['-P', '/nonexistent/hook'], '-P/--exec-before'),
-        (['-P', 'NOT_EXECUTABLE'], '-P/--exec-before'),
-        (['-M', 'inf'], '-M/--mem-min-size'),
-        (['-S', '1e999'], '-S/--swap-min-size'),
-        (['--notify', '--notify-body', '{pid.x}'], '--notify-body'),
-        (['--notify', '--notify-title', '{pid[0]}'], '--notify-title'),
-        (['-m', '100'], '-m/-M'),
-        (['-M', '100G'], '-m/-M'),
-    ]
+# The command line as a table: (exit status, text the one stderr line must hold,
+# argv...).  Placeholders: FAKE a fake /proc (8 GiB, nothing low), PLAIN a
+# non-executable file, DIR a directory, FIFO a named pipe, MISSING a path that
+# does not exist, LINK a symlink to a file.  Status 2 cases run with --list
+# --proc FAKE added, so an argument accepted by mistake starts no daemon; status
+# 0 cases are --list runs that must print the table and nothing on stderr.
+DEEP = '(' * 5000
+CLI_CASES = [
+    # thresholds
+    (2, '-m/--mem-min', '-m', '120'),
+    (2, '-m/--mem-min', '-m', 'abc'),
+    (2, '-m/--mem-min: the SIGKILL level 10 is above', '-m', '5,10'),
+    (2, "'10,' is not TERM or TERM,KILL", '-m', '10,'),
+    (2, "',5' is not TERM or TERM,KILL", '-m', ',5'),
+    (2, "'10,5,3' is not TERM or TERM,KILL", '-m', '10,5,3'),
+    (2, '-m/--mem-min: empty value', '-m', ''),
+    (2, '-m/--mem-min', '-m', '-5'),
+    (2, '-m/--mem-min', '-m', 'nan'),
+    (2, '-m/--mem-min', '-m', 'inf'),
+    (2, '-m/--mem-min', '-m', '1e999'),
+    (2, '-m/--mem-min', '-m', '%'),
+    (2, '-m/--mem-min', '--mem-min=abc'),
+    (2, '-m/--mem-min: empty value', '--mem-min='),
+    (2, '-m/--mem-min: expected one argument', '-m'),
+    (2, '-s/--swap-min', '-s', '200'),
+    (2, '-s/--swap-min', '-s', '-1'),
+    (2, '-s/--swap-min', '-s', ','),
+    (2, '-s/--swap-min', '-s', '10,,5'),
+    (2, '-M/--mem-min-size', '-M', '12X'),
+    (2, "-M/--mem-min-size: '-1G'", '-M', '-1G'),
+    (2, '-M/--mem-min-size: empty value', '-M', ''),
+    (2, '-M/--mem-min-size: the SIGKILL level 2G is above', '-M', '1G,2G'),
+    (2, '-M/--mem-min-size', '-M', 'inf'),
+    (2, '-M/--mem-min-size', '-M', 'nan'),
+    (2, '-M/--mem-min-size', '-M', '1e30'),
+    (2, '-M/--mem-min-size', '-M', '10,5,1'),
+    (2, '-M/--mem-min-size', '-M', 'G'),
+    (2, '-S/--swap-min-size', '-S', '-1G'),
+    (2, '-S/--swap-min-size', '-S', '1e999'),
+    (2, '-S/--swap-min-size', '-S', '1Q'),
+    (2, '-p/--psi', '-p', 'abc'),
+    (2, '-p/--psi', '-p', '-1'),
+    (2, '-p/--psi', '-p', '101'),
+    (2, '-p/--psi: empty value', '-p', ''),
+    (2, '--psi-mem-max', '--psi-mem-max', '101'),
+    (2, '--psi-mem-max', '--psi-mem-max', 'off'),
+    (2, '--psi-mem-max: empty value', '--psi-mem-max', ''),
+    (2, '-m/-M', '-m', '100'),
+    (2, '-m/-M', '-M', '100G'),
+    (2, '--warn', '--warn', '5'),
+    (2, '--warn', '--warn', '101'),
+    (2, '--warn: empty value', '--warn', ''),
+    (2, '--warn', '--warn', 'lots'),
+    (2, '-r/--report-interval', '-r', '-1'),
+    (2, '-r/--report-interval', '-r', 'often'),
+    (2, '0 (off) to 999999999 seconds', '-r', 'inf'),
+    (2, '0 (off) to 999999999 seconds', '-r', '1e9'),
+    (2, '-r/--report-interval', '-r', 'nan'),
+    (2, '-r/--report-interval: empty value', '-r', ''),
+    # patterns
+    (2, '--ignore: bad regular expression', '--ignore', '('),
+    (2, '--ignore: empty value', '--ignore', ''),
+    (2, '--ignore: empty value', '--ignore', ' '),
+    (2, '--ignore: \'.*\' matches every process name', '--ignore', '.*'),
+    (2, '--ignore: \'^\' matches every process name', '--ignore', '^'),
+    (2, "--ignore: 'a|' matches every process name", '--ignore', 'a|'),
+    (2, '--ignore: bad regular expression', '--ignore', 'a{99999999999}'),
+    (2, '--ignore: bad regular expression', '--ignore', DEEP),
+    (2, '--prefer: bad regular expression', '--prefer', '[a'),
+    (2, '--prefer: bad regular expression', '--prefer', DEEP),
+    (2, '--prefer: bad regular expression', '--prefer', 'a{99999999999}'),
+    (2, '--prefer: bad regular expression', '--prefer', '(?P<a>x)(?P<a>y)'),
+    (2, '--prefer: bad regular expression', '--prefer', '\\'),
+    (2, '--prefer: bad regular expression', '--prefer', '(?<=a+)b'),
+    (2, '--prefer: empty value', '--prefer', ''),
+    (2, '--avoid: bad regular expression', '--avoid', '*x'),
+    (2, '--avoid: bad regular expression', '--avoid', DEEP),
+    (2, '--avoid: bad regular expression', '--avoid', 'a{99999999999}'),
+    (2, '--avoid: empty value', '--avoid', ''),
+    (2, "-u/--unkillables: '*' matches every process name", '-u', '*'),
+    (2, "-u/--unkillables: '**' matches every process name", '-u', '**'),
+    (2, "-u/--unkillables: '*?' matches every process name", '-u', '*?'),
+    (2, "-u/--unkillables: '*' matches every process name", '-u', 'sshd|*'),
+    (2, '-u/--unkillables: empty value', '-u', ''),
+    (2, '-u/--unkillables', '-u', 'a||b'),
+    (2, '-u/--unkillables', '-u', '|'),
+    (2, '-u/--unkillables', '-u', 'sshd|'),
+    (2, '--match', '--match', 'pid'),
+    (2, '--match', '--match', ''),
+    (2, '--match: expected one argument', '--match'),
+    # templates and hooks
+    (2, '--notify', '--notify-title', 'x'),
+    (2, '--notify', '--notify-body', 'x'),
+    (2, '--notify-body: unknown field {bogus}', '--notify', '--notify-body', 'killed {bogus}'),
+    (2, '--notify-body: unknown field {pid.x}', '--notify', '--notify-body', '{pid.x}'),
+    (2, '--notify-title: unknown field {pid[0]}', '--notify', '--notify-title', '{pid[0]}'),
+    (2, '--notify-title: unknown field {name.__class__}', '--notify', '--notify-title',
+     '{name.__class__}'),
+    (2, '--notify-title: unknown field {}', '--notify', '--notify-title', '{}'),
+    (2, '--notify-title: unknown field {0}', '--notify', '--notify-title', '{0}'),
+    (2, '--notify-title: bad template', '--notify', '--notify-title', '{name!x}'),
+    (2, '--notify-title: bad template', '--notify', '--notify-title', '{pid:Q}'),
+    (2, '--notify-title: bad template', '--notify', '--notify-title', '{name:d}'),
+    (2, '--notify-title: bad template', '--notify', '--notify-title', '{'),
+    (2, '--notify-title: bad template', '--notify', '--notify-title', '}'),
+    (2, '--notify-title: bad template', '--notify', '--notify-title', '{name'),
+    (2, '--notify-title: unknown field {bogus}', '--notify', '--notify-title',
+     '{name:{bogus}}'),
+    (2, '--notify-title: empty value', '--notify', '--notify-title', ''),
+    (2, '-N/--exec-after', '-N', 'relative/hook'),
+    (2, '-N/--exec-after: empty value', '-N', ''),
+    (2, '-P/--exec-before', '-P', 'MISSING'),
+    (2, '-P/--exec-before', '-P', 'PLAIN'),
+    (2, '-P/--exec-before', '-P', 'DIR'),
+    # paths and modes
+    (2, '--syslog', '--log-file', '/tmp/x.log', '--syslog'),
+    (2, '--log-file: empty value', '--log-file', ''),
+    (2, '--pidfile: empty value', '--pidfile', ''),
+    (2, '--pidfile: expected one argument', '--pidfile'),
+    (2, '--proc: empty value', '--proc', ''),
+    (2, '--sys: empty value', '--sys', ''),
+    (2, '--cgroup: empty value', '--cgroup', ''),
+    (2, '--cgroup: \\xff: no such cgroup', '--cgroup', '\udcff'),
+    (2, '--cgroup: MISSING: no such cgroup', '--cgroup', 'MISSING'),
+    (2, '--cgroup: no-such.slice/x: no such cgroup', '--cgroup', 'no-such.slice/x'),
+    (2, "--cgroup: found no memory cgroup of bustd's own", '--cgroup', 'auto'),
+    (2, '--cgroup', '--cgroup', 'DIR'),
+    (2, 'unrecognized arguments: --bogus', '--bogus'),
+    (2, 'unrecognized arguments: foo', 'foo'),
+    (2, 'unrecognized arguments: -- foo', '--', 'foo'),
+    (2, 'ignored explicit argument', '--no-daemon=1'),
+    (2, 'ignored explicit argument', '--list=yes'),
+    (2, 'ignored explicit argument', '--ignore-root-user=1'),
+    (2, "-n/--no-daemon: ignored explicit argument 'x'", '-nx'),
+    # accepted
+    (0, '', '-m', '15,8'),
+    (0, '', '-m', '15'),
+    (0, '', '-m', '10%'),
+    (0, '', '-M', '512M'),
+    (0, '', '-M', '1.5G,1G'),
+    (0, '', '-m', '10', '-M', '1G'),
+    (0, '', '-s', '100'),
+    (0, '', '-S', '0'),
+    (0, '', '-p', 'off'),
+    (0, '', '-p', '40'),
+    (0, '', '--psi-mem-max', '0'),
+    (0, '', '-u', 'sshd|x*'),
+    (0, '', '-u', '[!]]'),
+    (0, '', '--ignore', '^sshd$'),
+    (0, '', '--prefer', 'hog'),
+    (0, '', '--prefer', '[[a]'),
+    (0, '', '--avoid', 'x'),
+    (0, '', '--match', 'cmdline'),
+    (0, '', '--sort-by-rss', '-g', '--ignore-root-user', '--no-default-unkillables'),
+    (0, '', '--notify', '--notify-title', '{pid:05d}'),
+    (0, '', '--notify', '--notify-body', '{name!r} {rss:>10} {mem_percent}%'),
+    (0, '', '--warn', '50'),
+    (0, '', '-r', '60'),
+    (0, '', '-r', '0'),
+    (0, '', '--dry-run', '-V', '-n'),
+    (0, '', '--tasks'),
+    # the environment
+    (1, 'cannot read MISSING/meminfo', '--list', '--proc', 'MISSING'),
+    (1, 'cannot read PLAIN/meminfo', '--list', '--proc', 'PLAIN'),
+    (1, '--pidfile DIR is a directory', '-n', '--pidfile', 'DIR', '--proc', 'FAKE'),
+    (1, '--pidfile FIFO is not a regular file', '-n', '--pidfile', 'FIFO', '--proc', 'FAKE'),
+    (1, '--pidfile LINK is a symbolic link', '-n', '--pidfile', 'LINK', '--proc', 'FAKE'),
+    (1, '--pidfile MISSING/x.pid cannot be opened', '-n', '--pidfile', 'MISSING/x.pid',
+     '--proc', 'FAKE'),
+    (1, 'cannot open the log file FIFO (not a regular file)', '-n', '--log-file', 'FIFO',
+     '--proc', 'FAKE'),
+    (1, 'cannot open the log file DIR', '-n', '--log-file', 'DIR', '--proc', 'FAKE'),
+    (1, 'cannot open the log file MISSING/x.log', '-n', '--log-file', 'MISSING/x.log',
+     '--proc', 'FAKE'),
+    (1, 'cannot open the log file FIFO (not a regular file)', '--log-file', 'FIFO',
+     '--proc', 'FAKE'),
+]
 
-    def test_bad_arguments_one_line_exit_2(self):
-        plain = os.path.join(self.tmp, 'plain')
-        open(plain, 'w').close()
-        for argv, flag in self.BAD:
-            with self.subTest(argv=argv):
-                # --list: were the argument wrongly accepted, no daemon would start.
-                argv = [plain if a == 'NOT_EXECUTABLE' else a for a in argv]
-                out = run_cli(*(argv + ['--list']))
-                self.assertEqual(out.returncode, 2, out.stderr)
+
+def run_cases(cases, run):
+    """Run run(case) for every case, four at a time; return the results in order."""
+    results = [None] * len(cases)
+
+    def worker(indexes):
+        for i in indexes:
+            results[i] = run(cases[i])
+    threads = [threading.Thread(target=worker, args=(range(k, len(cases), 4),))
+               for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+class CliTest(TempDirTest):
+    def placeholders(self):
+        names = {'FAKE': self.proc.root, 'PLAIN': os.path.join(self.tmp, 'plain'),
+                 'DIR': os.path.join(self.tmp, 'dir'), 'FIFO': os.path.join(self.tmp, 'fifo'),
+                 'MISSING': os.path.join(self.tmp, 'missing'),
+                 'LINK': os.path.join(self.tmp, 'link')}
+        open(names['PLAIN'], 'w').close()
+        os.mkdir(names['DIR'])
+        os.mkfifo(names['FIFO'])
+        os.symlink(names['PLAIN'], names['LINK'])
+        return names
+
+    def test_command_line_table(self):
+        names = self.placeholders()
+        self.assertGreaterEqual(len(CLI_CASES), 120)
+
+        def fill(text):
+            for name, path in names.items():
+                text = text.replace(name, path)
+            return text
+
+        def run(case):
+            status, text, argv = case[0], fill(case[1]), [fill(a) for a in case[2:]]
+            if status != 1:
+                argv += ['--list', '--proc', names['FAKE']]
+            try:
+                return run_cli(*argv, timeout=30)
+            except subprocess.TimeoutExpired:
+                return None
+        for case, out in zip(CLI_CASES, run_cases(CLI_CASES, run)):
+            with self.subTest(case=[a[:40] for a in case[2:]]):
+                self.assertIsNotNone(out, 'timed out')
+                self.assertNotIn('Traceback', out.stderr)
+                self.assertEqual(out.returncode, case[0], out.stderr)
+                if case[0] == 0:
+                    self.assertEqual(out.stderr, '')
+                    self.assertIn('OOM_SCORE', out.stdout)
+                    continue
                 lines = out.stderr.strip().split('\n')
                 self.assertEqual(len(lines), 1, out.stderr)
                 self.assertTrue(lines[0].startswith('bustd: '), lines[0])
-                self.assertIn(flag, lines[0])
-                self.assertNotIn('Traceback', out.stderr)
+                self.assertIn(fill(case[1]), lines[0])
                 self.assertEqual(out.stdout, '')
 
     def test_levels_are_checked_against_the_real_total(self):
@@ -1765,7 +1956,7 @@ class DaemonizeTest(TempDirTest):
         # A second one refuses the live pidfile.
         again = run_cli('--pidfile', pidfile, '--log-file', logfile)
         self.assertEqual(again.returncode, 1)
-        self.assertIn('names a running bustd (pid %d)' % pid, again.stderr)
+        self.assertIn('is locked by a running bustd (pid %d)' % pid, again.stderr)
         os.kill(pid, signal.SIGTERM)
         self.assertTrue(wait_until(lambda: not alive(pid)))
         self.assertFalse(os.path.exists(pidfile))
