@@ -28,9 +28,10 @@ How it stays cheap and quick
 
 Requirements
   Linux (MemAvailable since 3.14, PSI since 4.20, pidfd since 5.3,
-  process_mrelease since 5.15: each one missing costs a feature, with one
-  warning, never the daemon), Python 3.6 or newer, only the standard
-  library; it even runs without ctypes.  Root to kill other users' processes.
+  process_mrelease since 5.15: each one missing costs a feature, never the
+  daemon; the start-up lines say which are there), Python 3.6 or newer, only
+  the standard library; it even runs without ctypes.  Root to kill other
+  users' processes.
 
 Install: copy this one file, e.g. install -m 755 bustd.py /usr/local/sbin/bustd
 Run `bustd.py --help` for the manual.
@@ -754,7 +755,8 @@ def resolve_cgroup(spec, proc='/proc', sys_fs='/sys'):
                     return path, cgroup_version(path)
         raise ValueError("found no memory cgroup of bustd's own in %s/self/cgroup; give "
                          '--cgroup PATH' % proc)
-    candidates = [spec]
+    # A relative name is a cgroup's, never a directory under the current one.
+    candidates = [spec] if spec.startswith('/') else []
     if not spec.startswith('/') or not os.path.isdir(spec):
         for key in ('v2', 'v1'):
             if key in mounts:
@@ -2443,9 +2445,10 @@ class Pidfile(object):
                     raise EnvironmentProblem('--pidfile %s cannot be locked (%s); give a '
                                              'file on a local filesystem' % (path, exc.strerror))
                 pid = os.pread(self.fd, 32, 0).decode('ascii', 'replace').strip()
-                raise EnvironmentProblem('--pidfile %s is locked by a running bustd (pid %s); '
-                                         'stop it first or give another --pidfile'
-                                         % (path, printable(pid, 20) or '?'))
+                raise EnvironmentProblem('--pidfile %s is locked by a running bustd (%s); '
+                                         'stop it first or give another --pidfile' % (
+                                             path, 'pid ' + printable(pid, 20) if pid
+                                             else 'starting up'))
         except EnvironmentProblem:
             os.close(self.fd)
             raise
@@ -3172,6 +3175,11 @@ def build_parser():
         def error(self, message):
             raise UsageError(message)
 
+        def _print_message(self, message, file=None):
+            # argparse >= 3.7 drops write errors: --help > /dev/full must say so.
+            if message:
+                (file or sys.stderr).write(message)
+
     parser = Parser(prog=PROG, description=DESCRIPTION, add_help=False,
                     argument_default=argparse.SUPPRESS,
                     epilog=EPILOG.format(
@@ -3496,20 +3504,21 @@ def parse_or_status(argv):
         _stderr('%s (see %s --help)' % (exc, PROG))
         return None, EXIT_USAGE
     except SystemExit as exc:   # --help, --version: argparse printed to sys.stdout
-        return None, flush_stdout() or exc.code or 0
+        try:
+            sys.stdout.flush()
+        except OSError as error:
+            return None, _stdout_failed(error)
+        return None, exc.code or 0
+    except OSError as exc:      # from printing --help or --version
+        return None, _stdout_failed(exc)
 
 
-def flush_stdout():
-    """Flush sys.stdout; return 0, or the exit status for a closed pipe or a write error."""
-    try:
-        sys.stdout.flush()
-        return 0
-    except OSError as exc:
-        # Nothing must be left for the interpreter to flush (and fail on) at exit.
-        null = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(null, 1)
-        os.close(null)
-        return _output_error(exc)
+def _stdout_failed(exc):
+    """Return the exit status after sys.stdout failed, leaving nothing to flush at exit."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    os.close(null)
+    return _output_error(exc)
 
 
 def _output_error(exc):

@@ -333,12 +333,38 @@ class ParseMiscTest(unittest.TestCase):
             ('[bd]ash', 'dash', True), ('[!bd]ash', 'dash', False), ('[a-c]at', 'bat', True),
             ('[a-c]at', 'rat', False), ('*.py', 'x.py', True), ('x', 'X', False),
             ('**', 'abc', True), ('a[', 'a[', True),
+            # sets as the shell and fnmatch read them
+            ('[!]', '[!]', True), ('[!]', 'x', False), ('[!]]', 'a', True), ('[!]]', ']', False),
+            ('[]]', ']', True), ('[]a]', 'a', True), ('[!]a]', 'b', True), ('[!]a]', 'a', False),
+            ('[^a]', '^', True), ('[^a]', 'b', False), ('[a-]', '-', True), ('[-a]', '-', True),
+            ('[!-a]', 'b', True), ('[a-c-e]', '-', True), ('[a-c-e]', 'd', False),
+            ('[\\]', '\\', True), ('[[]', '[', True), ('[!a', '[!a', True),
         ]
         import fnmatch
         for pattern, text, expected in cases:
             with self.subTest(pattern=pattern, text=text):
                 self.assertEqual(bustd.glob_match(pattern, text), expected)
                 self.assertEqual(fnmatch.fnmatchcase(text, pattern), expected)
+
+    def test_glob_match_agrees_with_fnmatch(self):
+        import fnmatch
+        import random
+        import warnings
+        rng = random.Random(7)
+        compared = 0
+        for _ in range(30000):
+            pattern = ''.join(rng.choice('ab-]![*?^\\z') for _ in range(rng.randint(0, 7)))
+            text = ''.join(rng.choice('ab-]![^\\z') for _ in range(rng.randint(0, 4)))
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter('ignore')      # "possible nested set"
+                    expected = fnmatch.fnmatchcase(text, pattern)
+            except Exception:     # Python < 3.7: fnmatch fails on reversed ranges
+                continue
+            compared += 1
+            if bustd.glob_match(pattern, text) != expected:
+                self.fail('glob %r on %r: fnmatch says %s' % (pattern, text, expected))
+        self.assertGreater(compared, 25000)
 
     def test_printable(self):
         self.assertEqual(bustd.printable('a\nb\x1b'), 'a\\x0ab\\x1b')
@@ -395,7 +421,7 @@ class ThresholdsTest(unittest.TestCase):
 
 
 class DecideTest(unittest.TestCase):
-    def test_table(self):
+    def test_signal_for_each_reading(self):
         th = bustd.compute_thresholds(bustd.Settings(), 1000 * MIB, 0)
         th_swap = bustd.compute_thresholds(bustd.Settings(), 1000 * MIB, 1000 * MIB)
         T, K = signal.SIGTERM, signal.SIGKILL
@@ -437,7 +463,7 @@ class DecideTest(unittest.TestCase):
 
 
 class SleepTimeTest(unittest.TestCase):
-    def test_table(self):
+    def test_sleep_for_each_reading(self):
         th = bustd.compute_thresholds(bustd.Settings(), 16 * GIB, 0)
         th64 = bustd.compute_thresholds(bustd.Settings(), 64 * GIB, 0)
         th_swap = bustd.compute_thresholds(bustd.Settings(), 16 * GIB, 16 * GIB)
@@ -457,19 +483,19 @@ class SleepTimeTest(unittest.TestCase):
             with self.subTest(name):
                 self.assertAlmostEqual(bustd.sleep_time_s(r, thresholds), expected, places=6)
 
-    def test_a_hog_at_the_fill_rate_is_seen_before_it_passes_the_kill_level(self):
-        # Simulate polling while memory drains at the worst-case fill rate.
+    def test_a_hog_at_the_fill_rate_is_seen_at_each_level_before_it_passes_it(self):
+        # Simulate polling while memory drains at the worst-case fill rate: the
+        # SIGTERM level is seen within one floor sleep of being crossed, and so,
+        # polling on, is the SIGKILL level.
         th = bustd.compute_thresholds(bustd.Settings(), 1 * GIB, 0)
-        avail, t = float(1 * GIB), 0.0
+        avail = float(1 * GIB)
         rate = bustd.MEM_FILL_RATE_KIB_S
-        while True:
-            sig = bustd.decide(reading(1 * GIB, int(avail)), th)
-            if sig:
-                break
-            dt = bustd.sleep_time_s(reading(1 * GIB, int(avail)), th)
-            t += dt
-            avail -= rate * dt
-        self.assertGreater(avail, th.mem_term_kib - rate * bustd.POLL_FLOOR_S - 1)
+        for level_kib, sig in ((th.mem_term_kib, signal.SIGTERM),
+                               (th.mem_kill_kib, signal.SIGKILL)):
+            while bustd.decide(reading(1 * GIB, int(avail)), th) != sig:
+                avail -= rate * bustd.sleep_time_s(reading(1 * GIB, int(avail)), th)
+            self.assertLessEqual(avail, level_kib)
+            self.assertGreater(avail, level_kib - rate * bustd.POLL_FLOOR_S - 1)
 
 
 # ----------------------------------------------------------------------------
@@ -665,7 +691,7 @@ class SelectionTest(TempDirTest):
 
 
 # ----------------------------------------------------------------------------
-# Who may be killed: lists, preferences, matching (issue 4)
+# Who may be killed: lists, preferences, matching
 # ----------------------------------------------------------------------------
 
 class PolicyTest(TempDirTest):
@@ -697,7 +723,7 @@ class PolicyTest(TempDirTest):
                           [p.pid for p in fast_skipped]), answer)
         return answer
 
-    def test_table(self):
+    def test_victim_for_each_setting(self):
         cases = [
             # argv, expected victim, expected skipped protected (outranking it)
             ((), 104, [106, 101]),                       # dpkg and sshd are default-protected
@@ -773,7 +799,7 @@ class GroupRefusalTest(unittest.TestCase):
         p.protected, p.never = protected, never
         return p
 
-    def test_table(self):
+    def test_refusal_for_each_group(self):
         cases = [
             ('fine', [self.member(50), self.member(51)], None, None),
             ('pid 1', [self.member(1), self.member(51)], None, 'PID 1'),
@@ -930,12 +956,22 @@ class RealKillTest(TempDirTest):
     def test_victim_gone_before_the_signal(self):
         child = self.victim()
         self.proc.meminfo(total_kib=8 * GIB, avail_kib=700 * MIB)
-        d, sink = self.daemon()
-        victim = self.scan_one(child.pid)
-        child.kill()
-        child.wait()
-        target = bustd.Target(victim, d.calls, self.proc.root)
-        self.assertFalse(target.open())
+        calls = bustd.load_kernel_calls()
+        if calls.pidfd_open is None:
+            self.skipTest('needs pidfd_open to place the race')
+        real_open = calls.pidfd_open
+
+        def victim_exits_first(pid):   # the victim dies between the choice and the signal
+            child.kill()
+            child.wait()
+            return real_open(pid)
+        calls.pidfd_open = victim_exits_first
+        d, sink = self.daemon(calls)
+        d.step()
+        self.assertIn('pid %d python3 exited or was replaced before the signal' % child.pid,
+                      sink.text())
+        self.assertNotIn('kill: ', sink.text())
+        self.assertEqual(child.returncode, -signal.SIGKILL)      # the test's kill, not bustd's
 
     def test_dry_run_sends_nothing_and_logs_once_a_second(self):
         child = self.victim()
@@ -1250,6 +1286,20 @@ class FakeCgroupTest(TempDirTest):
             with self.assertRaises(ValueError) as cm:
                 resolve(bad)
             self.assertIn(message, str(cm.exception))
+
+    def test_a_relative_cgroup_is_looked_up_in_the_hierarchy_not_the_cwd(self):
+        v1 = os.path.join(self.tmp, 'fs', 'memory', 'svc')
+        os.makedirs(v1)
+        open(os.path.join(v1, 'memory.usage_in_bytes'), 'w').close()
+        self.proc.write('self/mountinfo', ('31 20 0:27 / %s/fs/memory rw,relatime - cgroup '
+                                           'cgroup rw,memory\n' % self.tmp).encode())
+        decoy = os.path.join(self.tmp, 'cwd', 'svc')       # looks like a cgroup v2 directory
+        os.makedirs(decoy)
+        open(os.path.join(decoy, 'memory.current'), 'w').close()
+        cwd = os.getcwd()
+        os.chdir(os.path.dirname(decoy))
+        self.addCleanup(os.chdir, cwd)
+        self.assertEqual(bustd.resolve_cgroup('svc', self.proc.root, self.tmp), (v1, 1))
 
     def test_cli_bad_cgroup_is_exit_2(self):
         unreadable = os.path.join(self.tmp, 'cg-broken')
@@ -1900,7 +1950,7 @@ class CliTest(TempDirTest):
 
 
 # ----------------------------------------------------------------------------
-# Daemon manners (issue 3)
+# Daemon manners
 # ----------------------------------------------------------------------------
 
 def read_text(path):
@@ -2050,6 +2100,8 @@ class LoggingTest(TempDirTest):
 
     def test_plain_prefixes_on_a_terminal_or_file(self):
         lines = [l for l in self.run_with_stderr_file(journal=False) if l]
+        self.assertIn('bustd: ready: watching (SIGUSR1 logs a status, SIGTERM stops)', lines)
+        self.assertTrue(any(l.startswith('bustd: warning: ') for l in lines), lines)
         self.assertTrue(all(l.startswith('bustd: ') for l in lines), lines)
         self.assertFalse(any(l.startswith('<') for l in lines))
 
@@ -2088,11 +2140,19 @@ class LoggingTest(TempDirTest):
         self.addCleanup(sock.close)
         sink = bustd.SyslogSink(path)
         self.addCleanup(sink.reopen)
-        sink.write(4, 'kill: SIGTERM pid=1')
+        self.assertTrue(sink.write(4, 'kill: SIGTERM pid=1'))
         self.assertEqual(sock.recv(4096).decode(),
                          '<28>bustd[%d]: kill: SIGTERM pid=1' % os.getpid())
-        sink.write(6, 'dropped: nobody listens')      # never raises, never blocks
-        sock.recv(4096)
+        # syslogd restarts: its socket goes away, then a new one takes the path.
+        sock.close()
+        os.unlink(path)
+        self.assertFalse(sink.write(6, 'lost: nobody listens'))   # never raises or blocks
+        self.assertEqual(sink.error, '%s: No such file or directory' % path)
+        again = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        again.bind(path)
+        self.addCleanup(again.close)
+        self.assertTrue(sink.write(6, 'back'))
+        self.assertEqual(again.recv(4096).decode(), '<30>bustd[%d]: back' % os.getpid())
 
 
 class NoCtypesTest(TempDirTest):
@@ -2120,7 +2180,7 @@ class NoCtypesTest(TempDirTest):
 
 
 # ----------------------------------------------------------------------------
-# Notifications and hooks (issue 6): fake buses, fake notify-send, fake hooks
+# Notifications and hooks: fake buses, fake notify-send, fake hooks
 # ----------------------------------------------------------------------------
 
 RECORDER = """#!/bin/sh
@@ -2397,6 +2457,23 @@ class HelpersTest(TempDirTest):
         waiter(0.05)
         self.assertIsNone(waiter.woken_by)       # unregistered: a plain sleep again
 
+    def test_running_helpers_are_named_records(self):
+        hook = self.script('hook', tail='sleep 5')
+        helpers = bustd.Helpers(self.log, clock=lambda: 100.0, timeout_s=7)
+        pid, = helpers.start_batch([bustd.Command([hook], {}, '-N hook')])
+        self.addCleanup(helpers.kill, [pid])
+        helper = helpers.running[pid]
+        self.assertEqual((helper.label, helper.deadline, helper.timeout_s, helper.output),
+                         ('-N hook', 107.0, 7.0, b''))
+        self.assertGreater(helper.fd, 2)
+
+    def test_template_example_has_the_real_field_types(self):
+        fields = self.victim_fields()
+        self.assertEqual(sorted(bustd.TEMPLATE_FIELDS), sorted(bustd.TEMPLATE_EXAMPLE))
+        for name in bustd.TEMPLATE_FIELDS:
+            self.assertIs(type(bustd.TEMPLATE_EXAMPLE[name]), type(fields[name]), name)
+        self.assertEqual(bustd.render('{pid:05d} {name!r:>7}', fields), "04242 'firefox'")
+
     def test_render_leaves_unknown_fields(self):
         self.assertEqual(bustd.render('{name} {nope}', {'name': 'x'}), 'x {nope}')
 
@@ -2456,6 +2533,364 @@ class HooksInTheLoopTest(TempDirTest):
         self.assertEqual(sorted(-reap(c) for c in (first, second)), [signal.SIGTERM] * 2)
         self.assertEqual(sink.text().count('exited: pid='), 2)
         self.assertIn('helpers still running (-N hook): not starting -N hook', sink.text())
+
+
+
+# ----------------------------------------------------------------------------
+# Interfaces that never crash or lie: output, signals at start-up, pidfile, logs
+# ----------------------------------------------------------------------------
+
+# Blocks the start-up signals, sends them to itself (they stay pending across
+# exec), then execs bustd: the signals are there before bustd runs a line.
+PENDING_SIGNALS = ("import os, signal, sys; "
+                   "signal.pthread_sigmask(signal.SIG_BLOCK, "
+                   "[signal.SIGINT, signal.SIGHUP, signal.SIGUSR1]); "
+                   "[os.kill(os.getpid(), int(n)) for n in sys.argv[1].split(',')]; "
+                   "os.execv(sys.executable, [sys.executable] + sys.argv[2:])")
+
+
+def with_pending(signals, *args, **kw):
+    """Popen bustd.py with args, the given signals already pending when it starts."""
+    kw.setdefault('stdout', subprocess.PIPE)
+    kw.setdefault('stderr', subprocess.PIPE)
+    return subprocess.Popen([sys.executable, '-c', PENDING_SIGNALS,
+                             ','.join(str(int(x)) for x in signals), BUSTD] + list(args),
+                            universal_newlines=True, **kw)
+
+
+class OutputTest(TempDirTest):
+    def big_tree(self, count):
+        for pid in range(1000, 1000 + count):
+            self.proc.add(pid, name='worker-%d' % pid, oom_score=pid % 900)
+
+    def test_list_into_a_closed_pipe_is_quiet(self):
+        self.big_tree(200)                                   # a table of > 8 KiB
+        p, err = self.run_into_a_closed_pipe('--list', '--proc', self.proc.root)
+        self.assertEqual((p.returncode, err), (128 + signal.SIGPIPE, ''))
+
+    def run_into_a_closed_pipe(self, *args):
+        """Run bustd with args, its stdout a pipe nobody reads (`bustd ... | head -0`)."""
+        read_fd, write_fd = os.pipe()
+        os.close(read_fd)
+        p = subprocess.Popen([sys.executable, BUSTD] + list(args), stdout=write_fd,
+                             stderr=subprocess.PIPE, universal_newlines=True)
+        os.close(write_fd)
+        self.addCleanup(stop, p)
+        _, err = p.communicate(timeout=30)
+        return p, err
+
+    def test_writes_to_a_full_device_are_one_line_and_exit_1(self):
+        for argv in (['--list', '--proc', self.proc.root], ['--help'], ['--version']):
+            with self.subTest(argv=argv), open('/dev/full', 'w') as full:
+                out = subprocess.run([sys.executable, BUSTD] + argv, stdout=full,
+                                     stderr=subprocess.PIPE, universal_newlines=True,
+                                     timeout=30)
+                self.assertEqual(out.returncode, 1, out.stderr)
+                self.assertEqual(out.stderr,
+                                 'bustd: cannot write to stdout: No space left on device\n')
+
+    def test_help_into_a_closed_pipe_is_quiet(self):
+        p, err = self.run_into_a_closed_pipe('--help')
+        self.assertEqual((p.returncode, err), (128 + signal.SIGPIPE, ''))
+
+    def test_sigint_during_a_long_list_exits_130_quietly(self):
+        self.big_tree(1500)                                  # more than a pipe holds
+        p = subprocess.Popen([sys.executable, BUSTD, '--list', '--proc', self.proc.root],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.addCleanup(stop, p)
+        # Wait until it is stuck writing into the full pipe, in the middle of its output.
+        self.assertTrue(wait_until(lambda: 'pipe' in read_text('/proc/%d/wchan' % p.pid), 30))
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=30)
+        self.assertEqual((p.returncode, err.decode()), (130, ''))
+
+
+class StartupSignalsTest(TempDirTest):
+    def test_sighup_and_sigusr1_before_the_handlers_are_acted_on(self):
+        d = with_pending([signal.SIGHUP, signal.SIGUSR1], '-n', '--proc', self.proc.root)
+        self.addCleanup(stop, d)
+        self.assertTrue(wait_until(lambda: d.poll() is not None or alive(d.pid) and
+                                   'kills so far' in read_text('/proc/%d/cmdline' % d.pid)
+                                   or True, 1))
+        time.sleep(3)
+        d.terminate()
+        out, err = d.communicate(timeout=30)
+        self.assertEqual(d.returncode, 0, err)
+        self.assertIn('ready: watching', err)
+        self.assertIn('SIGHUP: reopened the log (stderr)', err)
+        self.assertIn('status: kills so far: 0', err)
+        self.assertNotIn('Traceback', err)
+
+    def test_sigint_before_the_handlers_stops_the_daemon_quietly(self):
+        d = with_pending([signal.SIGINT], '-n', '--proc', self.proc.root)
+        self.addCleanup(stop, d)
+        try:
+            out, err = d.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.fail('SIGINT sent during start-up did not stop bustd')
+        self.assertEqual(d.returncode, 0, err)
+        self.assertIn('SIGINT received: exiting after 0 kill(s)', err)
+        self.assertNotIn('Traceback', err)
+
+    def test_sigint_before_a_list_exits_130_quietly(self):
+        d = with_pending([signal.SIGINT], '--list', '--proc', self.proc.root)
+        self.addCleanup(stop, d)
+        out, err = d.communicate(timeout=30)
+        self.assertEqual((d.returncode, out, err), (130, '', ''))
+
+
+class PidfileTest(TempDirTest):
+    def setUp(self):
+        TempDirTest.setUp(self)
+        self.pidfile = os.path.join(self.tmp, 'bustd.pid')
+
+    def test_a_locked_pidfile_is_refused(self):
+        import fcntl
+        with open(self.pidfile, 'w') as f:
+            f.write('4242\n')
+            f.flush()
+            fcntl.flock(f, fcntl.LOCK_EX)                   # as a running bustd holds it
+            try:
+                out = run_cli('-n', '--pidfile', self.pidfile, '--proc', self.proc.root,
+                              timeout=20)
+            except subprocess.TimeoutExpired:
+                self.fail('started although the pidfile is locked')
+        self.assertEqual(out.returncode, 1)
+        self.assertEqual(out.stderr, 'bustd: --pidfile %s is locked by a running bustd (pid '
+                         '4242); stop it first or give another --pidfile\n' % self.pidfile)
+
+    def test_a_stale_pid_of_a_process_named_like_bustd_does_not_block(self):
+        lookalike = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)',
+                                      'tail -f /var/log/bustd.log'])
+        self.addCleanup(stop, lookalike)
+        with open(self.pidfile, 'w') as f:
+            f.write('%d\n' % lookalike.pid)
+        d = Daemon('--pidfile', self.pidfile, '--proc', self.proc.root)
+        self.addCleanup(d.stop)
+        with open(self.pidfile) as f:
+            self.assertEqual(int(f.read()), d.proc.pid)
+        self.assertEqual(d.stop(), 0)
+        self.assertFalse(os.path.exists(self.pidfile))
+
+    def test_two_daemons_started_at_once_run_once(self):
+        log = os.path.join(self.tmp, 'bustd.log')
+        for attempt in range(3):
+            with self.subTest(attempt=attempt):
+                starts = [subprocess.Popen([sys.executable, BUSTD, '--pidfile', self.pidfile,
+                                            '--log-file', log, '--proc', self.proc.root],
+                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                           universal_newlines=True) for _ in range(2)]
+                outs = [p.communicate(timeout=30) for p in starts]
+                codes = sorted(p.returncode for p in starts)
+                pid = int(read_text(self.pidfile) or 0)
+                self.addCleanup(lambda pid=pid: pid and alive(pid) and os.kill(pid, 9))
+                self.assertEqual(codes, [0, 1], outs)
+                # The loser saw the lock before or after the winner wrote its pid.
+                self.assertRegex(''.join(err for _, err in outs), r'is locked by a running '
+                                 r'bustd \((pid %d|starting up)\)' % pid)
+                os.kill(pid, signal.SIGTERM)
+                self.assertTrue(wait_until(lambda: not alive(pid)))
+                self.assertFalse(os.path.exists(self.pidfile))
+
+    def test_no_temporary_file_is_left_or_followed(self):
+        target = os.path.join(self.tmp, 'precious')
+        with open(target, 'w') as f:
+            f.write('keep me\n')
+        os.symlink(target, self.pidfile)
+        adir = os.path.join(self.tmp, 'adir')
+        os.mkdir(adir)
+        for path in (self.pidfile, adir):
+            with self.subTest(path=path):
+                try:
+                    out = run_cli('-n', '--pidfile', path, '--proc', self.proc.root,
+                                  timeout=20)
+                except subprocess.TimeoutExpired:
+                    self.fail('started with --pidfile %s' % path)
+                self.assertEqual(out.returncode, 1)
+                self.assertEqual(len(out.stderr.strip().split('\n')), 1, out.stderr)
+                self.assertIn('--pidfile %s is a ' % path, out.stderr)
+        self.assertEqual(read_text(target), 'keep me\n')
+        self.assertEqual(sorted(os.listdir(self.tmp)), ['adir', 'bustd.pid', 'precious', 'proc'])
+
+
+class LogFallbackTest(TempDirTest):
+    def test_a_log_file_that_takes_nothing_falls_back_to_stderr(self):
+        d = Daemon('--log-file', '/dev/full', '--proc', self.proc.root)
+        self.addCleanup(d.stop)
+        self.assertEqual(d.stop(), 0)
+        self.assertEqual(d.text().count('cannot write the log to /dev/full (No space left on '
+                                        'device): logging here until it works again'), 1)
+        self.assertIn('SIGTERM received: exiting', d.text())
+
+    def test_syslog_without_a_listener_falls_back(self):
+        fallback = ListSink()
+        log = bustd.Log(bustd.SyslogSink(os.path.join(self.tmp, 'no-log.sock')),
+                        fallback=fallback)
+        log.warning('kill: SIGTERM pid=1')
+        log.info('exited: pid=1')
+        self.assertEqual(fallback.lines, [
+            (4, 'cannot write the log to syslog (%s/no-log.sock) (%s/no-log.sock: No such '
+                'file or directory): logging here until it works again' % (self.tmp, self.tmp)),
+            (4, 'kill: SIGTERM pid=1'), (6, 'exited: pid=1')])
+
+    def test_short_writes_are_retried_then_the_rest_falls_back(self):
+        path = os.path.join(self.tmp, 'bustd.log')
+        code = ("import resource, sys; sys.path.insert(0, sys.argv[1]); import bustd; "
+                "resource.setrlimit(resource.RLIMIT_FSIZE, (250, 250)); "
+                "log = bustd.Log(bustd.FileSink(sys.argv[2]), fallback=bustd.StderrSink()); "
+                "[log.info('line %d ' % i + 'x' * 60) for i in range(5)]")
+        out = subprocess.run([sys.executable, '-c', code, HERE, path], stderr=subprocess.PIPE,
+                             universal_newlines=True, timeout=30)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        written = read_text(path)
+        self.assertEqual(len(written), 250)                  # filled up to the limit
+        lines = out.stderr.split('\n')
+        self.assertEqual(lines[0], 'bustd: warning: cannot write the log to %s (File too '
+                         'large): logging here until it works again' % path)
+        # Every line is whole somewhere: in the file, or on stderr.
+        for i in range(5):
+            line = 'line %d ' % i + 'x' * 60
+            self.assertTrue(line + '\n' in written or 'bustd: ' + line in lines, i)
+        self.assertIn('bustd: line 4 ' + 'x' * 60, lines)
+
+    def test_reopen_in_a_removed_directory_says_so_where_it_is_seen(self):
+        logdir = os.path.join(self.tmp, 'logs')
+        os.mkdir(logdir)
+        path = os.path.join(logdir, 'bustd.log')
+        fallback = ListSink()
+        log = bustd.Log(bustd.FileSink(path), fallback=fallback)
+        log.info('before')
+        shutil.rmtree(logdir)
+        log.reopen()                                         # SIGHUP after logrotate
+        log.warning('kill: SIGTERM pid=1')
+        text = fallback.text()
+        self.assertIn('SIGHUP: cannot reopen the log %s: No such file or directory' % path,
+                      text)
+        self.assertIn('kill: SIGTERM pid=1', text)
+        os.mkdir(logdir)
+        log.reopen()
+        log.info('after')
+        self.assertIn('after', read_text(path))
+        self.assertNotIn('after', fallback.text())
+
+    def test_a_fifo_log_file_is_refused_at_once(self):
+        fifo = os.path.join(self.tmp, 'fifo')
+        os.mkfifo(fifo)
+        with self.assertRaises(OSError) as cm:
+            bustd.FileSink(fifo)
+        self.assertEqual(cm.exception.strerror, 'not a regular file')
+
+
+class RelaunchTest(TempDirTest):
+    # One value per option; a new option needs one here (the test says so).
+    SAMPLES = {
+        'mem_percent': '15,8', 'swap_percent': '50', 'mem_size_kib': '2G,1G',
+        'swap_size_kib': '1G', 'psi_avg10': '40', 'psi_mem_max_percent': '20',
+        'cgroup': 'auto', 'unkillables': 'sshd|Xorg', 'ignore_re': '^postgres$',
+        'ignore_root_user': None, 'default_unkillables': None, 'prefer_re': '^chrome$',
+        'avoid_re': '^tmux$', 'match': 'cmdline', 'sort_by_rss': None, 'kill_pgroup': None,
+        'list': None, 'notify': None, 'notify_title': '{name}', 'notify_body': '{pid:>7}',
+        'warn_percent': '30', 'exec_after': '/bin/true', 'exec_before': '/bin/true',
+        'daemon': None, 'pidfile': '/run/x.pid', 'log_file': '/var/log/x.log',
+        'syslog': None, 'verbose': None, 'report_interval_s': '60', 'dry_run': None,
+        'proc': '/host/proc', 'sys_fs': '/host/sys',
+    }
+
+    def full_argv(self):
+        argv = []
+        for action in bustd.build_parser()._actions:
+            if not action.option_strings or action.dest in ('help', 'version'):
+                continue
+            self.assertIn(action.dest, self.SAMPLES, 'give %s a sample value here'
+                          % action.option_strings[-1])
+            value = self.SAMPLES[action.dest]
+            argv += [action.option_strings[-1]] + ([] if value is None else [value])
+        return [a for a in argv if a != '--syslog']          # excludes --log-file
+
+    def test_every_setting_survives_the_trip_to_the_isolated_interpreter(self):
+        import marshal
+        s = bustd.parse_settings(self.full_argv())
+        defaults = vars(bustd.Settings())
+        for name, value in vars(s).items():
+            if name in ('run_root', 'before_budget_s', 'syslog'):
+                continue                                     # no option sets these
+            self.assertNotEqual(value, defaults[name], name)  # really populated
+        back = bustd.Settings.from_dict(marshal.loads(marshal.dumps(s.to_dict())))
+        plain = lambda x: dict((k, getattr(v, 'pattern', v)) for k, v in vars(x).items())
+        self.assertEqual(plain(back), plain(s))
+
+    def test_a_setting_marshal_cannot_carry_is_reported(self):
+        s = bustd.Settings()
+        s.extra = object()                                   # what a careless new option adds
+        why = bustd.relaunch(s, compile('', 'x', 'exec'), [], bustd.Flags())
+        self.assertIn('settings cannot be marshalled', why)
+
+    def test_running_without_the_relaunch_says_so(self):
+        shim = ("import sys; p = sys.argv[1]; g = {'__name__': 'shim', '__file__': p}; "
+                "exec(compile(open(p).read(), p, 'exec'), g); "
+                "sys.exit(g['launch'](sys.argv[2:]))")
+        d = subprocess.Popen([sys.executable, '-c', shim, BUSTD, '-n', '--proc',
+                              self.proc.root], stderr=subprocess.PIPE, universal_newlines=True)
+        self.addCleanup(stop, d)
+        time.sleep(2)
+        d.terminate()
+        _, err = d.communicate(timeout=30)
+        self.assertEqual(err.count('warning: cannot relaunch in an isolated interpreter (no '
+                                   'code object of this module): running in this one'), 1, err)
+        self.assertIn('ready: watching', err)
+
+    def test_the_daemon_runs_in_the_isolated_interpreter(self):
+        d = Daemon('--proc', self.proc.root)
+        self.addCleanup(d.stop)
+        with open('/proc/%d/cmdline' % d.proc.pid, 'rb') as f:
+            argv = f.read().split(b'\0')
+        self.assertEqual(argv[1:4], [b'-I', b'-S', b'-c'])
+        self.assertIn(b"g['isolated_main'](settings)", argv[4])
+        self.assertEqual(argv[-4:-1], [b'-n', b'--proc', self.proc.root.encode()])
+
+
+class DocumentationTest(unittest.TestCase):
+    def readme_options(self):
+        """Return {flag: default cell} from the README's options table."""
+        with open(os.path.join(HERE, 'README.md')) as f:
+            text = f.read().split('\n## Options\n')[1].split('\n## ')[0]
+        import re
+        rows = {}
+        for line in text.split('\n'):
+            if not line.startswith('| `-'):
+                continue
+            cells = [c.strip() for c in line.replace('\\|', '\0').strip('|').split(' | ')]
+            default = cells[1].strip('`').replace('\0', '|')
+            for flag in re.findall(r'(?<![\w-])(--?[A-Za-z][\w-]*)', cells[0]):
+                rows[flag] = default
+        return rows
+
+    def test_readme_options_match_help_and_settings(self):
+        help_text = ' '.join(run_cli('--help').stdout.split())
+        rows = self.readme_options()
+        defaults = bustd.Settings()
+        parser = bustd.build_parser()
+        flags = set()
+        for action in parser._actions:
+            flags.update(action.option_strings)
+            if not action.option_strings or action.dest in ('help', 'version'):
+                continue
+            shown = bustd.default_text(action, defaults)
+            for flag in action.option_strings:
+                with self.subTest(flag=flag):
+                    self.assertIn(flag, rows, 'the README has no row for %s' % flag)
+                    self.assertEqual(rows[flag], shown or '–')
+            if shown:
+                self.assertIn('(default %s)' % shown, help_text)
+        self.assertEqual(sorted(set(rows) - flags), [], 'README rows for unknown options')
+        # argparse keeps no default of its own: parsing nothing gives Settings().
+        self.assertEqual(vars(bustd.parse_settings([])), vars(defaults))
+
+    def test_top_level_holds_only_the_project_files(self):
+        allowed = {'README.md', 'LICENSE', 'bustd.service', 'bustd.py', 'test_bustd.py',
+                   'bench', 'etc', '__pycache__'}
+        extra = [n for n in os.listdir(HERE) if not n.startswith('.') and n not in allowed]
+        self.assertEqual(extra, [])
 
 
 if __name__ == '__main__':
