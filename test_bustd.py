@@ -2683,13 +2683,17 @@ class PidfileTest(TempDirTest):
                 outs = [p.communicate(timeout=30) for p in starts]
                 codes = sorted(p.returncode for p in starts)
                 pid = int(read_text(self.pidfile) or 0)
-                self.addCleanup(lambda pid=pid: pid and alive(pid) and os.kill(pid, 9))
+                running = [x for x in bustd.iter_pids('/proc') if x != os.getpid() and
+                           self.pidfile.encode() in (bustd.read_file('/proc/%d/cmdline' % x)
+                                                     or b'')]
+                for x in running:                            # before any assertion can fail
+                    os.kill(x, signal.SIGTERM)
+                self.assertTrue(wait_until(lambda: not any(alive(x) for x in running)))
                 self.assertEqual(codes, [0, 1], outs)
+                self.assertEqual(running, [pid])
                 # The loser saw the lock before or after the winner wrote its pid.
                 self.assertRegex(''.join(err for _, err in outs), r'is locked by a running '
                                  r'bustd \((pid %d|starting up)\)' % pid)
-                os.kill(pid, signal.SIGTERM)
-                self.assertTrue(wait_until(lambda: not alive(pid)))
                 self.assertFalse(os.path.exists(self.pidfile))
 
     def test_no_temporary_file_is_left_or_followed(self):
@@ -2776,6 +2780,12 @@ class LogFallbackTest(TempDirTest):
     def test_a_fifo_log_file_is_refused_at_once(self):
         fifo = os.path.join(self.tmp, 'fifo')
         os.mkfifo(fifo)
+
+        def on_alarm(signum, frame):
+            raise AssertionError('opening a FIFO as the log waited for a reader')
+        self.addCleanup(signal.signal, signal.SIGALRM, signal.signal(signal.SIGALRM, on_alarm))
+        signal.alarm(5)
+        self.addCleanup(signal.alarm, 0)
         with self.assertRaises(OSError) as cm:
             bustd.FileSink(fifo)
         self.assertEqual(cm.exception.strerror, 'not a regular file')
