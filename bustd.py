@@ -2228,7 +2228,7 @@ class SyslogSink(object):
                 self.sock.sendto(data, self.path)
                 return True
             except OSError as exc:
-                self.error = '%s: %s' % (self.path, exc.strerror)
+                self.error = exc.strerror
                 if self.sock is not None:
                     self.sock.close()
                 self.sock = None
@@ -3167,7 +3167,9 @@ def build_parser():
     Every option's dest is a Settings attribute and its default is Settings()'s
     (argparse keeps none: options not given are absent from the namespace), so
     a default lives in one place; --help shows it, and a test holds the README
-    to it.
+    to it.  A new option is a Settings attribute (with its default), an option()
+    line here, a README row and a sample value in the tests; they say what is
+    missing.
     """
     import argparse
 
@@ -3199,7 +3201,7 @@ def build_parser():
     def option(group, *flags, **kw):
         action = group.add_argument(*flags, **kw)
         shown = default_text(action, defaults)
-        if shown:
+        if shown and action.nargs != 0:   # a switch is off unless given: no need to say
             action.help += ' (default %s)' % shown.replace('%', '%%')
         return action
 
