@@ -88,6 +88,19 @@ TERM_GRACE_S = 5.0      # SIGTERM -> SIGKILL if the victim is still alive
 KILL_WAIT_S = 10.0      # give up waiting for an exit after this long
 KILL_POLL_S = 0.010     # memory re-check interval while waiting
 NO_VICTIM_RETRY_S = 1.0  # back-off when nothing may be killed
+# After a kill, watch memory come back for at most this long before choosing
+# again: an exit frees its memory before its pidfd polls readable, so this
+# only waits when memory does not come back (tmpfs, shm, a kernel leak), and
+# then it keeps one kill from following the next in milliseconds.
+SETTLE_S = 0.5
+# At most this many kills at the SIGTERM level per KILL_CAP_WINDOW_S; the
+# SIGKILL level is never capped (the kernel's OOM killer would act next).
+KILLS_PER_WINDOW = 3
+KILL_CAP_WINDOW_S = 60.0
+# A victim that outlived SIGKILL (D state, frozen cgroup) is passed over
+# this long; one that could not even be opened (EMFILE, EINVAL) this long.
+UNKILLABLE_RETRY_S = 600.0
+UNOPENABLE_RETRY_S = 60.0
 DRY_RUN_LOG_EVERY_S = 1.0
 PREFER_ADJUST = 300     # --prefer / --avoid shift of oom_score (earlyoom's)
 
@@ -95,6 +108,7 @@ PREFER_ADJUST = 300     # --prefer / --avoid shift of oom_score (earlyoom's)
 HELPER_TIMEOUT_S = 10.0      # then the helper's process group is killed
 BEFORE_HOOK_BUDGET_S = 2.0   # -P: the kill waits at most this long
 WARN_EVERY_S = 60.0          # --warn: at most one warning per minute
+THROTTLE_S = 60.0            # each repeated warning: at most one line per minute
 
 # PSI trigger: wake when tasks stall on memory for 150 ms within 1 s.
 # Unprivileged writers may only use windows that are multiples of 2 s.
@@ -103,6 +117,21 @@ PSI_TRIGGERS = (b'some 150000 1000000', b'some 300000 2000000')
 # /proc/PID/stat flags (include/linux/sched.h).
 PF_EXITING = 0x00000004
 PF_KTHREAD = 0x00200000
+
+# The kernel's ceiling for pid_max (PID_MAX_LIMIT on 64-bit): a tree without
+# sys/kernel/pid_max is bounded by it.
+PID_MAX_LIMIT = 4 * 1024 * 1024
+# The initial PID namespace's inode number (PROC_PID_INIT_INO, Linux 3.8+).
+INIT_PID_NS_INODE = 0xEFFFFFFC
+# What the admin's patterns see of a command line, at most: a hostile process
+# controls its command line, and a backtracking pattern costs its length.
+PATTERN_TEXT_MAX = 1024
+# The default protected list protects a matching process only when it runs
+# as a system user (uid below this, login.defs' UID_MIN), or when its
+# executable is a root-owned file of that name: any user can rename a process.
+FIRST_USER_UID = 1000
+# Filesystems whose pressure files take PSI triggers.
+PSI_FILESYSTEMS = ('proc', 'cgroup2', 'cgroup')
 
 # Capabilities (include/uapi/linux/capability.h).
 CAP_DAC_READ_SEARCH = 2
@@ -306,17 +335,27 @@ def parse_meminfo(data):
     return fields
 
 
+# What a meminfo must have to be read at all (plus MemAvailable or MemFree).
+MEMINFO_NEEDED = ('MemTotal', 'SwapTotal', 'SwapFree')
+
+
 def available_kib(meminfo):
-    """Return MemAvailable in KiB, estimated on kernels older than 3.14."""
+    """Return MemAvailable in KiB, estimated on kernels older than 3.14; None if unknown."""
     if 'MemAvailable' in meminfo:
         return meminfo['MemAvailable']
+    if 'MemFree' not in meminfo:
+        return None     # unknown is not zero: zero would mean SIGKILL
     get = meminfo.get
     return max(0, get('MemFree', 0) + get('Cached', 0) + get('Buffers', 0)
                - get('Shmem', 0))
 
 
 def parse_psi(data):
-    """Return (some_avg10, full_avg10) from a PSI file, None for what is absent."""
+    """Return (some_avg10, full_avg10) from a PSI file, None for what is absent.
+
+    avg10 is a percentage of time: a figure outside 0..100 (inf, nan, 1e9)
+    is garbage and read as absent.
+    """
     some = full = None
     for line in data.split(b'\n'):
         kind, _, rest = line.partition(b' ')
@@ -325,6 +364,8 @@ def parse_psi(data):
                 try:
                     value = float(item[6:])
                 except ValueError:
+                    break
+                if not 0.0 <= value <= 100.0:     # also nan
                     break
                 if kind == b'some':
                     some = value
@@ -357,7 +398,7 @@ def parse_zoneinfo_reserve_kib(data, page_kib=4):
             continue
         elif words[0] == b'high' and len(words) == 2 and words[1].isdigit():
             zone['high'] = int(words[1])
-        elif words[0] == b'managed' and len(words) == 2:
+        elif words[0] == b'managed' and len(words) == 2 and words[1].isdigit():
             zone['managed'] = int(words[1])
         elif words[0] == b'protection:':
             numbers = [int(w) for w in line.partition(b'(')[2].replace(
@@ -372,6 +413,17 @@ class ProcStat(object):
     """The fields of /proc/PID/stat that bustd uses."""
     __slots__ = ('pid', 'name', 'state', 'ppid', 'pgrp', 'session', 'flags',
                  'starttime', 'rss_pages')
+
+    def __init__(self, pid, name, state, ppid, pgrp, session, flags, starttime, rss_pages):
+        self.pid = pid
+        self.name = name
+        self.state = state
+        self.ppid = ppid
+        self.pgrp = pgrp
+        self.session = session
+        self.flags = flags
+        self.starttime = starttime
+        self.rss_pages = rss_pages
 
 
 def parse_stat(data):
@@ -388,19 +440,38 @@ def parse_stat(data):
     if len(fields) < 22:
         return None
     try:
-        stat = ProcStat()
-        stat.pid = int(data[:open_paren])
-        stat.name = data[open_paren + 1:close_paren].decode('utf-8', 'replace')
-        stat.state = fields[0].decode('ascii', 'replace')
-        stat.ppid = int(fields[1])
-        stat.pgrp = int(fields[2])
-        stat.session = int(fields[3])
-        stat.flags = int(fields[6])
-        stat.starttime = int(fields[19])    # field 22: clock ticks after boot
-        stat.rss_pages = int(fields[21])    # field 24
+        return ProcStat(
+            pid=int(data[:open_paren]),
+            name=data[open_paren + 1:close_paren].decode('utf-8', 'replace'),
+            state=fields[0].decode('ascii', 'replace'),
+            ppid=int(fields[1]),
+            pgrp=int(fields[2]),
+            session=int(fields[3]),
+            flags=int(fields[6]),
+            starttime=int(fields[19]),    # field 22: clock ticks after boot
+            rss_pages=int(fields[21]))    # field 24
     except ValueError:
         return None
-    return stat
+
+
+def parse_status_uids(status_text):
+    """Return (real, effective) uid from /proc/PID/status text, or None.
+
+    Unlike the owner of /proc/PID (root for any non-dumpable process),
+    these are the process's own credentials.
+    """
+    for line in status_text.split('\n'):
+        if line.startswith('Uid:'):
+            words = line.split()
+            if len(words) >= 3 and is_number_name(words[1]) and is_number_name(words[2]):
+                return int(words[1]), int(words[2])
+            return None
+    return None
+
+
+def is_number_name(name):
+    """Return True for a non-empty run of ASCII digits ('²'.isdigit() is True too)."""
+    return bool(name) and name.strip('0123456789') == ''
 
 
 def parse_cap_eff(status_text):
@@ -460,12 +531,14 @@ def parse_pair(text, parse_one):
 
 
 def printable(text, limit=200):
-    """Return text safe for one log line: control characters escaped, truncated."""
+    """Return text safe for one log line: truncated; control characters, quotes and
+    backslashes escaped, so a name cannot forge a field of a key="value" line."""
     if len(text) > limit:
         text = text[:limit] + '...'
-    if text.isprintable():
+    if text.isprintable() and '"' not in text and '\\' not in text:
         return text
-    return ''.join(c if c.isprintable() else '\\x%02x' % ord(c) for c in text)
+    return ''.join(c if c.isprintable() and c not in '"\\' else
+                   '\\' + c if c in '"\\' else '\\x%02x' % ord(c) for c in text)
 
 
 def format_kib(kib):
@@ -565,17 +638,63 @@ def check_pid_namespace(proc):
 
     A host's /proc mounted in a container (--proc) lists host pids, which
     pidfd_open and kill would take as the container's: another process, or
-    bustd itself.  A tree without "self" (a test's) is taken as it is.
+    bustd itself.  A child namespace's procfs (/proc/PID/root/proc) has a
+    "self" that does not resolve at all for bustd.  Only a tree without
+    "self" (a test's) is taken as it is; its pids are checked in bustd's own
+    /proc before any signal (identity_root).
     """
+    if not os.path.lexists(proc + '/self'):
+        return
     try:
         seen = os.readlink(proc + '/self')
     except OSError:
-        return
+        seen = 'not bustd (it does not resolve)'
     if seen != str(os.getpid()):
         raise EnvironmentProblem(
-            '%s/self is pid %s but bustd is pid %d: %s belongs to another PID namespace; '
+            '%s/self is %s but bustd is pid %d: %s belongs to another PID namespace; '
             'run bustd in the namespace of the processes it may kill (e.g. --pid=host)'
-            % (proc, seen, os.getpid(), proc))
+            % (proc, seen if is_number_name(seen) else seen.join('()'), os.getpid(), proc))
+
+
+def identity_root(proc):
+    """Return the procfs in which a pid means what kill(2) and pidfd_open take it to mean.
+
+    `proc` itself when its "self" is bustd, else /proc: a victim's start
+    time is checked there before every signal, so a pid read from any other
+    tree (a test's) can never hit a process bustd did not see.
+    """
+    try:
+        if os.readlink(proc + '/self') == str(os.getpid()):
+            return proc
+    except OSError:
+        pass
+    return '/proc'
+
+
+def read_pid_max(proc):
+    """Return the largest pid of this tree (sys/kernel/pid_max, else the kernel's ceiling)."""
+    value = read_int(proc + '/sys/kernel/pid_max')
+    if value is None or not 0 < value <= PID_MAX_LIMIT:
+        return PID_MAX_LIMIT
+    return value
+
+
+def in_initial_pid_namespace(proc='/proc'):
+    """Return True/False whether bustd's PID namespace is the machine's, None if unknown."""
+    try:
+        return os.stat(proc + '/self/ns/pid').st_ino == INIT_PID_NS_INODE
+    except OSError:
+        return None
+
+
+def read_psi_avg10(path, log, what):
+    """Return (some_avg10, full_avg10) of a PSI file; garbage costs one warning, not a decision."""
+    data = read_small(path, 512) or b''
+    some, full = parse_psi(data)
+    if some is None and data and log is not None:
+        log.warn_once('psi:' + path, 'ignoring %s: no "some avg10" between 0 and 100 in %r'
+                      % (what, printable(data.decode('utf-8', 'replace'), 80)))
+    return some, full
 
 
 class MachineSensor(object):
@@ -593,7 +712,9 @@ class MachineSensor(object):
         self.sysinfo = calls.sysinfo if calls and proc == '/proc' else None
         self.reserve_kib = None
         self.next_reserve = 0.0
+        self.mem_total_kib = 0
         self.uses_sysinfo = False
+        self.sysinfo_differs = None    # why sysinfo(2) is not used, when it disagrees
         self.has_mem_available = True
         self.has_psi = False
 
@@ -618,21 +739,41 @@ class MachineSensor(object):
         if not self.has_psi:
             warnings.append('no PSI in %s (kernel < 4.20 or psi=0): the pressure rule '
                             'is off' % self.psi_path)
+        self.mem_total_kib = fields['MemTotal']
         if self.sysinfo is not None:
-            self.read_reserve()
+            # A /proc/meminfo bind-mounted over (lxcfs in LXD/Incus containers)
+            # describes the container, sysinfo(2) the host: trust meminfo.
+            host = Reading()
+            self.sysinfo(host)
+            if host.mem_total_kib != self.mem_total_kib:
+                self.sysinfo_differs = 'sysinfo(2) says MemTotal %s, %s says %s' % (
+                    format_kib(host.mem_total_kib), self.meminfo_path,
+                    format_kib(self.mem_total_kib))
+            else:
+                self.read_reserve()
         # Polls start with the cheap sysinfo(2) reading only with both parts.
-        self.uses_sysinfo = self.sysinfo is not None and self.reserve_kib is not None
+        self.uses_sysinfo = (self.sysinfo is not None and self.sysinfo_differs is None
+                             and self.reserve_kib is not None)
         return warnings
 
     def read_reserve(self):
-        """Set reserve_kib from /proc/zoneinfo (None if unreadable); again in a minute."""
+        """Set reserve_kib from /proc/zoneinfo (None if unreadable or absurd); again in a minute."""
         self.next_reserve = time.monotonic() + 60
         zoneinfo = read_file(self.proc + '/zoneinfo', 1 << 20)
         if zoneinfo:
             page_kib = os.sysconf('SC_PAGE_SIZE') // 1024
             # Doubled: watermark boosts move the reserve at run time, and a
             # larger reserve only means more exact reads, never a miss.
-            self.reserve_kib = 2 * parse_zoneinfo_reserve_kib(zoneinfo, page_kib)
+            reserve = 2 * parse_zoneinfo_reserve_kib(zoneinfo, page_kib)
+            if 0 <= reserve < self.mem_total_kib:
+                self.reserve_kib = reserve
+            else:   # a garbled zoneinfo: the cheap bound would be a lie
+                self.reserve_kib = None
+                if self.log is not None:
+                    self.log.warn_once('reserve', 'ignoring %s/zoneinfo: a reserve of %s '
+                                       'against %s of memory; reading %s on every poll'
+                                       % (self.proc, format_kib(reserve),
+                                          format_kib(self.mem_total_kib), self.meminfo_path))
 
     def describe(self):
         """Return what the readings come from, for the start-up lines."""
@@ -640,6 +781,8 @@ class MachineSensor(object):
             fast = 'sysinfo(2), then %s near a threshold' % self.meminfo_path
         else:
             fast = '%s on every poll' % self.meminfo_path
+            if self.sysinfo_differs:
+                fast += ': %s' % self.sysinfo_differs
         return 'the whole machine (%s)' % fast
 
     def read(self, reading, th):
@@ -649,6 +792,8 @@ class MachineSensor(object):
             if reading.mem_free_kib - self.reserve_kib > th.trigger_kib \
                     and time.monotonic() >= self.next_reserve:
                 self.read_reserve()    # vm.min_free_kbytes may have been raised since
+            if self.reserve_kib is None:
+                return self.read_exact(reading, th)
             lower = reading.mem_free_kib - self.reserve_kib
             if lower > th.trigger_kib:
                 reading.mem_available_kib = lower
@@ -661,15 +806,21 @@ class MachineSensor(object):
         """Fill `reading` from /proc/meminfo (and PSI when the rule may apply)."""
         data = read_file(self.meminfo_path)
         fields = parse_meminfo(data) if data else {}
-        if 'MemTotal' in fields:
+        avail = available_kib(fields)
+        if avail is not None and all(name in fields for name in MEMINFO_NEEDED):
             reading.mem_total_kib = fields['MemTotal']
-            reading.mem_free_kib = fields.get('MemFree', 0)
-            reading.mem_available_kib = available_kib(fields)
-            reading.swap_total_kib = fields.get('SwapTotal', 0)
-            reading.swap_free_kib = fields.get('SwapFree', 0)
+            reading.mem_free_kib = fields.get('MemFree', avail)
+            reading.mem_available_kib = avail
+            reading.swap_total_kib = fields['SwapTotal']
+            reading.swap_free_kib = fields['SwapFree']
             reading.exact = True
-        else:   # unreadable for a moment: keep the last figures, act on nothing new
+        else:   # unreadable or incomplete: keep the last figures, act on nothing new
             reading.exact = False
+            if data and self.log is not None:
+                self.log.warn_once('meminfo', 'ignoring %s: it lacks %s; deciding nothing '
+                                   'until it has them' % (self.meminfo_path, ', '.join(
+                                       n for n in MEMINFO_NEEDED + ('MemAvailable',)
+                                       if n not in fields)))
         if with_psi:
             self.read_psi(reading, th)
         return reading
@@ -678,8 +829,8 @@ class MachineSensor(object):
         """Fill reading.psi_* when PSI exists and the PSI rule could apply."""
         reading.psi_some_avg10 = reading.psi_full_avg10 = None
         if self.has_psi and (th is None or reading.mem_available_kib <= th.psi_mem_max_kib):
-            reading.psi_some_avg10, reading.psi_full_avg10 = parse_psi(
-                read_small(self.psi_path, 512) or b'')
+            reading.psi_some_avg10, reading.psi_full_avg10 = read_psi_avg10(
+                self.psi_path, self.log, self.psi_path)
 
     def member_pids(self):
         """Return the set of pids that may be killed (None: every process)."""
@@ -708,6 +859,38 @@ def parse_mountinfo_cgroups(text):
         elif tail[0] == 'cgroup' and 'memory' in tail[2].split(','):
             found.setdefault('v1', (mountpoint, root))
     return found
+
+
+def mount_fs_type(mountinfo_text, path):
+    """Return the filesystem type of the mount holding the absolute, resolved path ('' if none)."""
+    best, fs_type = -1, ''
+    for line in mountinfo_text.split('\n'):
+        left, sep, right = line.partition(' - ')
+        fields, tail = left.split(), right.split()
+        if not sep or len(fields) < 5 or not tail:
+            continue
+        mountpoint = _unescape_mount(fields[4])
+        inside = path == mountpoint or path.startswith(mountpoint.rstrip('/') + '/')
+        # The last of several mounts at the same point is the one on top.
+        if inside and len(mountpoint) >= best:
+            best, fs_type = len(mountpoint), tail[0]
+    return fs_type
+
+
+def _unescape_mount(field):
+    """Return a mountinfo path with the kernel's octal escapes (\\040) undone."""
+    if '\\' not in field:
+        return field
+    out, i = [], 0
+    while i < len(field):
+        digits = field[i + 1:i + 4]
+        if field[i] == '\\' and len(digits) == 3 and digits.strip('01234567') == '':
+            out.append(chr(int(digits, 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return ''.join(out)
 
 
 def parse_proc_cgroup(text):
@@ -937,8 +1120,8 @@ class CgroupSensor(object):
         reading.exact = True
         reading.psi_some_avg10 = reading.psi_full_avg10 = None
         if self.has_psi and (th is None or reading.mem_available_kib <= th.psi_mem_max_kib):
-            reading.psi_some_avg10, reading.psi_full_avg10 = parse_psi(
-                read_small(self.psi_path, 512) or b'')
+            reading.psi_some_avg10, reading.psi_full_avg10 = read_psi_avg10(
+                self.psi_path, self.log, self.psi_path)
         return reading
 
     def _swap_free_kib(self, usage):
@@ -956,9 +1139,11 @@ class CgroupSensor(object):
     def member_pids(self):
         """Return the pids in the cgroup and its descendants."""
         pids = set()
+        pid_max = read_pid_max(self.machine.proc)
         for directory, _, _ in os.walk(self.path):
             data = read_file(directory + '/cgroup.procs', 1 << 22) or b''
-            pids.update(int(x) for x in data.split() if x.isdigit())
+            pids.update(pid for pid in (int(x) for x in data.split() if x.isdigit())
+                        if 0 < pid <= pid_max)
         return pids
 
     def threshold_event_fd(self, calls, th):
@@ -1155,6 +1340,26 @@ class Process(object):
                  'starttime', 'rss_kib', 'uid', 'oom_score', 'oom_score_adj',
                  'cmdline', 'never', 'protected', 'preference', 'badness')
 
+    def __init__(self, stat, rss_kib, uid, oom_score, oom_score_adj, never=None):
+        """A scanned process: its ProcStat, RSS, owner and scores; no admin rule applied yet."""
+        self.pid = stat.pid
+        self.name = stat.name
+        self.state = stat.state
+        self.ppid = stat.ppid
+        self.pgrp = stat.pgrp
+        self.session = stat.session
+        self.flags = stat.flags
+        self.starttime = stat.starttime
+        self.rss_kib = rss_kib
+        self.uid = uid
+        self.oom_score = oom_score
+        self.oom_score_adj = oom_score_adj
+        self.cmdline = None
+        self.never = never
+        self.protected = None
+        self.preference = 0
+        self.badness = oom_score
+
     def rank_key(self, sort_by_rss=False):
         """Return the sort key: higher is killed first; full ties go to the younger process."""
         if sort_by_rss:
@@ -1163,14 +1368,17 @@ class Process(object):
 
 
 def iter_pids(proc):
-    """Yield the numeric entries of a /proc tree; an unreadable /proc yields nothing."""
+    """Yield the pids of a /proc tree (1..pid_max); an unreadable /proc yields nothing."""
     try:
         names = os.listdir(proc)
     except OSError:
         return
+    pid_max = read_pid_max(proc)
     for name in names:
-        if name.isdigit():
-            yield int(name)
+        if is_number_name(name):
+            pid = int(name)
+            if 0 < pid <= pid_max:     # "0" or "1e20" in a tree are nobody
+                yield pid
 
 
 def read_process(proc, pid, page_kib, score=None):
@@ -1180,8 +1388,14 @@ def read_process(proc, pid, page_kib, score=None):
     """
     base = '%s/%d' % (proc, pid)
     stat = parse_stat(read_small(base + '/stat') or b'')
-    if stat is None or is_kernel_thread(stat):
+    if stat is None or is_kernel_thread(stat) or stat.pid != pid:
         return None     # vanished, unreadable, or a kernel thread: never a candidate
+    if is_exiting(stat):
+        # A leader that called pthread_exit() is a zombie with no memory of its
+        # own, while its threads live on with all of it: judge the group.
+        thread = live_thread(proc, pid)
+        if thread is not None:
+            stat.state, stat.flags, stat.rss_pages = thread.state, thread.flags, thread.rss_pages
     if score is None:
         score = read_int(base + '/oom_score')
     adj = read_int(base + '/oom_score_adj')
@@ -1191,41 +1405,52 @@ def read_process(proc, pid, page_kib, score=None):
         uid = os.stat(base).st_uid
     except OSError:
         return None
-    p = Process()
-    p.pid = pid
-    p.name = stat.name
-    p.state = stat.state
-    p.ppid = stat.ppid
-    p.pgrp = stat.pgrp
-    p.session = stat.session
-    p.flags = stat.flags
-    p.starttime = stat.starttime
-    p.rss_kib = stat.rss_pages * page_kib
-    p.uid = uid
-    p.oom_score = score
-    p.oom_score_adj = adj
-    p.cmdline = None
+    p = Process(stat, stat.rss_pages * page_kib, uid, score, adj)
     p.never = never_reason(p, os.getpid())
-    p.protected = None
-    p.preference = 0
-    p.badness = score
     return p
 
 
+def is_exiting(stat):
+    """Return True if this task is a zombie, dead or exiting."""
+    return stat.state in ('Z', 'X', 'x') or bool(stat.flags & PF_EXITING)
+
+
+def live_thread(proc, pid):
+    """Return the ProcStat of a thread of pid's group that is not exiting, or None."""
+    try:
+        tids = os.listdir('%s/%d/task' % (proc, pid))
+    except OSError:
+        return None
+    for tid in tids[:64]:     # a bound: this runs only for exiting leaders
+        if not is_number_name(tid):
+            continue
+        stat = parse_stat(read_small('%s/%d/task/%s/stat' % (proc, pid, tid)) or b'')
+        if stat is not None and not is_exiting(stat):
+            return stat
+    return None
+
+
 def is_kernel_thread(p):
-    """Return True for kthreadd and its children (they have no memory to free)."""
-    return bool(p.flags & PF_KTHREAD) or p.pid == 2 or p.ppid == 2
+    """Return True for kernel threads (they have no memory to free).
+
+    PF_KTHREAD alone: inside a PID namespace pid 2 and its children are
+    ordinary processes (docker run --init: tini is 1, the app 2).
+    """
+    return bool(p.flags & PF_KTHREAD)
 
 
 def never_reason(p, self_pid):
     """Return why p may never be killed whatever the settings, or None."""
     if p.pid == 1:
+        # The machine's init, or a container's: the kernel drops SIGKILL
+        # (and any signal it has no handler for) sent to a namespace's init
+        # from inside the namespace.
         return 'init'
     if p.pid == self_pid:
         return 'bustd itself'
     if is_kernel_thread(p):
         return 'kernel thread'
-    if p.state in ('Z', 'X', 'x') or p.flags & PF_EXITING:
+    if is_exiting(p):
         return 'exiting'
     if p.oom_score_adj == -1000:
         return 'oom_score_adj -1000'
@@ -1309,7 +1534,7 @@ class Policy(object):
         if self.match_cmdline:
             if p.cmdline is None:
                 p.cmdline = read_cmdline(self.proc, p.pid)
-            return p.cmdline or p.name
+            return p.cmdline[:PATTERN_TEXT_MAX] or p.name
         return p.name
 
     def classify(self, p):
@@ -1328,7 +1553,8 @@ class Policy(object):
                 p.protected = 'other user (not root)'
             else:
                 for pattern in self.default_globs:   # designed for names, not cmdlines
-                    if glob_match(pattern, p.name):
+                    if glob_match(pattern, p.name) and default_protection_holds(
+                            self.proc, p, pattern):
                         p.protected = 'default: %s' % pattern
                         break
         if self.prefer is not None and self.prefer.search(text):
@@ -1336,6 +1562,30 @@ class Policy(object):
         if self.avoid is not None and self.avoid.search(text):
             p.preference -= 1
         p.badness = p.oom_score + PREFER_ADJUST * p.preference
+
+
+def default_protection_holds(proc, p, pattern):
+    """Return True if p, whose name matches a default glob, is what the glob means.
+
+    Any user can name a process "sshd" (/proc/self/comm), so the name alone
+    protects nothing: p must also run as a system user (uid < FIRST_USER_UID,
+    read from /proc/PID/status: /proc/PID itself is root's for any
+    non-dumpable process), or run a root-owned executable whose file name
+    matches the glob too (sshd's session child, systemd --user).
+    """
+    base = '%s/%d' % (proc, p.pid)
+    status = read_file(base + '/status', 8192)
+    uids = parse_status_uids(status.decode('ascii', 'replace')) if status else None
+    if uids is None:
+        uids = (p.uid, p.uid)        # no status (a test's tree): the owner of /proc/PID
+    if max(uids) < FIRST_USER_UID:
+        return True
+    try:
+        exe = os.readlink(base + '/exe')
+        owner = os.stat(base + '/exe').st_uid
+    except OSError:
+        return False
+    return owner == 0 and glob_match(pattern, os.path.basename(exe)[:15])
 
 
 def scan_processes(proc, policy, member_pids=None):
@@ -1357,8 +1607,11 @@ def scan_processes(proc, policy, member_pids=None):
     return found
 
 
-def find_victim(proc, policy, member_pids=None):
+def find_victim(proc, policy, member_pids=None, exclude=()):
     """Return (victim or None, protected processes that outranked it), reading little.
+
+    `exclude` holds (pid, starttime) of processes that must be passed over
+    (they outlived SIGKILL, or could not be opened).
 
     The same answer as pick_victim(scan_processes(...)), for the kill path
     where every millisecond counts: only oom_score is read for every
@@ -1367,7 +1620,8 @@ def find_victim(proc, policy, member_pids=None):
     process left can outrank the best found.  --sort-by-rss scans everything.
     """
     if policy.sort_by_rss:
-        return pick_victim(scan_processes(proc, policy, member_pids), True)
+        return pick_victim([p for p in scan_processes(proc, policy, member_pids)
+                            if (p.pid, p.starttime) not in exclude], True)
     bonus = PREFER_ADJUST if policy.prefer is not None else 0
     scores = []
     for pid in (iter_pids(proc) if member_pids is None else member_pids):
@@ -1381,7 +1635,7 @@ def find_victim(proc, policy, member_pids=None):
         if best is not None and score + bonus < best.badness:
             break        # nothing from here on can outrank (or tie with) the best
         p = read_process(proc, pid, page_kib, score)
-        if p is None or p.never:
+        if p is None or p.never or (pid, p.starttime) in exclude:
             continue
         policy.classify(p)
         if p.protected:
@@ -1475,10 +1729,17 @@ def user_name_function():
 # ============================================================================
 
 def same_process(proc, pid, starttime):
-    """Return True if pid is still the live process that started at `starttime`."""
+    """Return True if pid is still the live process that started at `starttime`.
+
+    `proc` must be bustd's own procfs (identity_root): the check is what
+    makes a pid from the scan safe to hand to kill(2) or pidfd_open.
+    """
+    if not 0 < pid <= PID_MAX_LIMIT:
+        return False
     stat = parse_stat(read_small('%s/%d/stat' % (proc, pid)) or b'')
-    return (stat is not None and stat.starttime == starttime
-            and stat.state not in ('Z', 'X', 'x'))
+    if stat is None or stat.pid != pid or stat.starttime != starttime or is_kernel_thread(stat):
+        return False
+    return stat.state not in ('Z', 'X', 'x') or live_thread(proc, pid) is not None
 
 
 def group_refusal(members, self_pid, self_pgrp, self_sid, member_pids=None):
@@ -1510,6 +1771,7 @@ class Target(object):
         self.victim = victim
         self.calls = calls
         self.proc = proc
+        self.identity = identity_root(proc)   # where a pid means what kill(2) takes
         self.members = members or [victim]
         self.pgrp = pgrp
         self.fds = {}
@@ -1524,11 +1786,11 @@ class Target(object):
                     fd = self.calls.pidfd_open(m.pid)
                 except OSError:
                     continue
-                if not same_process(self.proc, m.pid, m.starttime):
+                if not same_process(self.identity, m.pid, m.starttime):
                     os.close(fd)
                     continue
                 self.fds[m.pid] = fd
-            elif not same_process(self.proc, m.pid, m.starttime):
+            elif not same_process(self.identity, m.pid, m.starttime):
                 continue
             alive += 1
         return alive > 0
@@ -1540,7 +1802,7 @@ class Target(object):
             return not _fd_readable(fd, 0)
         if self.calls.pidfd_open is not None:
             return False     # could not be opened: it was gone already
-        return same_process(self.proc, m.pid, m.starttime)
+        return same_process(self.identity, m.pid, m.starttime)
 
     def alive_count(self):
         """Return how many members are still alive."""
@@ -1565,7 +1827,8 @@ class Target(object):
             try:
                 if fd is not None:
                     self.calls.pidfd_send_signal(fd, sig)
-                elif self.calls.pidfd_open is None and same_process(self.proc, m.pid, m.starttime):
+                elif self.calls.pidfd_open is None and m.pid > 0 and same_process(
+                        self.identity, m.pid, m.starttime):
                     os.kill(m.pid, sig)
                 else:
                     self.error = errno.ESRCH
@@ -1614,11 +1877,13 @@ class Target(object):
             p = read_process(self.proc, pid, page_kib)
             if p is None or p.pgrp != self.pgrp or p.never:
                 continue
-            fd = None
             if self.calls.pidfd_open is not None:
                 try:
                     fd = self.calls.pidfd_open(pid)
                 except OSError:
+                    continue
+                if not same_process(self.identity, pid, p.starttime):
+                    os.close(fd)
                     continue
                 self.fds[pid] = fd
             self.members.append(p)
@@ -2368,19 +2633,35 @@ def lock_memory(calls, caps, log):
 # ============================================================================
 
 class Flags(object):
-    """What the signal handlers ask of the loop (handlers only set these)."""
-    __slots__ = ('stop', 'hup', 'usr1')
+    """What the signal handlers ask of the loop (handlers only set these).
+
+    While `interruptible` is set (the loop runs), SIGTERM/SIGINT also raise
+    Stopping, so that a victim scan, a pattern match or a kill wait ends
+    within milliseconds instead of when it is done.
+    """
+    __slots__ = ('stop', 'hup', 'usr1', 'interruptible', 'pid')
 
     def __init__(self):
         self.stop = 0
         self.hup = False
         self.usr1 = False
+        self.interruptible = False
+        self.pid = os.getpid()
+
+
+class Stopping(BaseException):
+    """SIGTERM/SIGINT arrived while the loop was busy (a BaseException, like
+    KeyboardInterrupt: the loop's `except Exception` must not swallow it)."""
 
 
 def install_signal_handlers(flags):
     """Route SIGTERM/SIGINT/SIGHUP/SIGUSR1 to flags; return a pipe fd that wakes the loop."""
     def on_stop(signum, frame):
         flags.stop = signum
+        # Not in a forked helper between fork and exec: only the daemon unwinds.
+        if flags.interruptible and os.getpid() == flags.pid:
+            flags.interruptible = False
+            raise Stopping(signum)
 
     def on_hup(signum, frame):
         flags.hup = True
@@ -2402,10 +2683,18 @@ def install_signal_handlers(flags):
     return read_fd
 
 
-def open_psi_trigger(path):
-    """Register a PSI trigger on path; return (fd, trigger) or (None, why not)."""
+def open_psi_trigger(path, proc='/proc'):
+    """Register a PSI trigger on path; return (fd, trigger) or (None, why not).
+
+    Only on a real procfs or cgroupfs file: written into an ordinary file
+    (a --proc tree copied or faked) the trigger would corrupt the file.
+    """
     if path is None:
         return None, 'no PSI file'
+    fs_type = mount_fs_type((read_file(proc + '/self/mountinfo', 1 << 20) or b'').decode(
+        'utf-8', 'replace'), os.path.realpath(path))
+    if fs_type not in PSI_FILESYSTEMS:
+        return None, '%s is on %s, not procfs or cgroupfs' % (path, fs_type or 'no known mount')
     why = 'no PSI'
     for trigger in PSI_TRIGGERS:
         try:
@@ -2460,6 +2749,28 @@ class Waiter(object):
                     pass
 
 
+class Throttle(object):
+    """Lets one repeated log message through at most once per interval_s."""
+
+    def __init__(self, interval_s=THROTTLE_S):
+        self.interval_s = interval_s
+        self.next_s = None
+        self.suppressed = 0
+
+    def ready(self, now):
+        """Return True if the message may be logged at `now` (and hold it back after)."""
+        if self.next_s is not None and now < self.next_s:
+            self.suppressed += 1
+            return False
+        self.next_s = now + self.interval_s
+        return True
+
+    def suppressed_text(self):
+        """Return ' (N more like this not logged)' once after N were held back, else ''."""
+        count, self.suppressed = self.suppressed, 0
+        return ' (%d more like this not logged)' % count if count else ''
+
+
 class Daemon(object):
     """The watch loop: read, decide, and act on one victim at a time."""
 
@@ -2481,7 +2792,14 @@ class Daemon(object):
         self.user_name = user_name_function()
         self.next_report = 0.0
         self.next_dry_run_log = 0.0
-        self.next_no_victim_log = 0.0
+        # One throttle per repeated message, so that one cannot silence another.
+        self.no_victim_log = Throttle()
+        self.pass_over_log = Throttle()
+        self.cap_log = Throttle()
+        self.passed_over = {}      # (pid, starttime) -> until when it is not chosen
+        self.open_failures = 0     # consecutive victims passed over: the back-off grows
+        self.kill_times = []       # clock() of recent kills, for KILLS_PER_WINDOW
+        self.kill_wait_s = KILL_WAIT_S
         self.kills = 0
         self.event_fd_hook = None   # called with new thresholds (cgroup v1 events)
 
@@ -2553,84 +2871,178 @@ class Daemon(object):
     # -- acting -------------------------------------------------------------
     def act(self, sig, now):
         """Choose a victim and kill it; return the seconds to sleep afterwards."""
-        s = self.settings
-        if s.dry_run and now < self.next_dry_run_log:
+        if self.settings.dry_run and now < self.next_dry_run_log:
             return sleep_time_s(self.reading, self.th)
-        trigger = describe_trigger(self.reading, self.th)
-        victim, skipped = find_victim(s.proc, self.policy, self.sensor.member_pids())
+        if self.capped(sig, now):
+            return self.capped_sleep_s()
+        victim, skipped = self.choose(now)
         if victim is None:
-            if now >= self.next_no_victim_log:
-                self.next_no_victim_log = now + 60
-                self.log.warning('memory is low (%s) but no process may be killed '
-                                 '(%d protected); still watching' % (trigger, len(skipped)))
             return NO_VICTIM_RETRY_S
-        # The scan took time: act only if memory is still low.
+        sig = self.still_needed(victim)
+        if not sig:
+            return sleep_time_s(self.reading, self.th)
+        if victim.cmdline is None:
+            victim.cmdline = read_cmdline(self.settings.proc, victim.pid)
+        target = self.make_target(victim)
+        if self.settings.dry_run:
+            return self.dry_run_report(sig, victim, skipped, target, now)
+        if not target.open():
+            return self.pass_over(victim, UNOPENABLE_RETRY_S, 'exited, was replaced or could '
+                                  'not be opened before the signal', now)
+        self.open_failures = 0
+        try:
+            fields = victim_fields(victim, sig, self.reading, self.user_name)
+            sig = self.before_hook(victim, sig, fields)
+            if not sig:
+                return sleep_time_s(self.reading, self.th)
+            result = self.kill(target, sig, skipped)
+        finally:
+            target.close()
+        return self.after(victim, target, result, fields, now)
+
+    def capped(self, sig, now):
+        """Return True if KILLS_PER_WINDOW kills happened lately and sig is only SIGTERM."""
+        while self.kill_times and self.kill_times[0] <= now - KILL_CAP_WINDOW_S:
+            self.kill_times.pop(0)
+        if sig == signal.SIGKILL or len(self.kill_times) < KILLS_PER_WINDOW:
+            return False
+        if self.cap_log.ready(now):
+            self.log.warning('memory is low (%s) but %d processes were killed in the last '
+                             '%.0f s: no more kills until the SIGKILL level or %.0f s from now'
+                             '%s' % (describe_trigger(self.reading, self.th),
+                                     len(self.kill_times), KILL_CAP_WINDOW_S,
+                                     self.kill_times[0] + KILL_CAP_WINDOW_S - now,
+                                     self.cap_log.suppressed_text()))
+        return True
+
+    def capped_sleep_s(self):
+        """Return how long the headroom above the SIGKILL level lasts at the worst fill rate."""
+        headroom = max(0, self.reading.mem_available_kib - self.th.mem_kill_kib)
+        return min(max(headroom / float(MEM_FILL_RATE_KIB_S), POLL_FLOOR_S), NO_VICTIM_RETRY_S)
+
+    def choose(self, now):
+        """Return (victim or None, protected processes that outranked it); log when none."""
+        for key, until in list(self.passed_over.items()):
+            if until <= now:
+                del self.passed_over[key]
+        victim, skipped = find_victim(self.settings.proc, self.policy,
+                                      self.sensor.member_pids(), self.passed_over)
+        if victim is None and self.no_victim_log.ready(now):
+            self.log.warning('memory is low (%s) but no process may be killed (%d protected, '
+                             '%d passed over after failed kills); still watching%s' % (
+                                 describe_trigger(self.reading, self.th), len(skipped),
+                                 len(self.passed_over), self.no_victim_log.suppressed_text()))
+        return victim, skipped
+
+    def still_needed(self, victim):
+        """Return what memory calls for after the scan (0: it recovered; do not kill)."""
         wanted = self.check_now()
         if not wanted:
             self.log.info('memory recovered during the victim scan (%s): not killing '
                           'pid %d %s' % (describe_trigger(self.reading, self.th), victim.pid,
                                          printable(victim.name)))
-            return sleep_time_s(self.reading, self.th)
-        sig = wanted
+        return wanted
+
+    def dry_run_report(self, sig, victim, skipped, target, now):
+        """--dry-run: log the kill that would have been; return the sleep."""
+        self.next_dry_run_log = now + DRY_RUN_LOG_EVERY_S
+        self.log.warning('dry run, no signal sent: ' + kill_line(
+            sig, victim, describe_trigger(self.reading, self.th), target.pgrp))
+        self.log.info('dry run: chose pid %d because: %s' % (
+            victim.pid, describe_victim(victim, skipped, self.settings.sort_by_rss)))
+        return sleep_time_s(self.reading, self.th)
+
+    def pass_over(self, victim, for_s, why, now):
+        """Leave victim out of the next choices for for_s; return a growing back-off.
+
+        Without this, a victim that cannot be opened, signalled or killed is
+        chosen again at once, for ever: a spin, and the next candidate is
+        never tried.
+        """
+        self.passed_over[(victim.pid, victim.starttime)] = now + for_s
+        self.open_failures += 1
+        if self.pass_over_log.ready(now):
+            self.log.warning('pid %d %s: %s; trying the next candidate%s' % (
+                victim.pid, printable(victim.name), why, self.pass_over_log.suppressed_text()))
+        return min(KILL_POLL_S * 2 ** min(self.open_failures, 10), NO_VICTIM_RETRY_S)
+
+    def before_hook(self, victim, sig, fields):
+        """Run -P (if any) and return what memory calls for after it (0: do not kill)."""
+        if self.notifier is None or not self.settings.exec_before:
+            return sig
+        self.notifier.before_kill(fields, lambda: self.check_now() == signal.SIGKILL)
+        sig = self.check_now()      # the hook took time: memory may have recovered
+        if not sig:
+            self.log.info('memory recovered while the -P hook ran (%s): not killing pid %d'
+                          % (describe_trigger(self.reading, self.th), victim.pid))
+        else:
+            fields.update(victim_fields(victim, sig, self.reading, self.user_name))
+        return sig
+
+    def kill(self, target, sig, skipped):
+        """Signal the target, log the kill line, wait for the exit; return the KillResult."""
+        victim = target.victim
         trigger = describe_trigger(self.reading, self.th)
-        victim.cmdline = read_cmdline(s.proc, victim.pid) if victim.cmdline is None \
-            else victim.cmdline
-        target = self.make_target(victim)
-        if s.dry_run:
-            self.next_dry_run_log = now + DRY_RUN_LOG_EVERY_S
-            self.log.warning('dry run, no signal sent: ' + kill_line(sig, victim, trigger,
-                                                                    target.pgrp))
-            self.log.info('dry run: chose pid %d because: %s' % (
-                victim.pid, describe_victim(victim, skipped, s.sort_by_rss)))
-            return sleep_time_s(self.reading, self.th)
-        if not target.open():
-            self.log.info('pid %d %s exited or was replaced before the signal' % (
-                victim.pid, printable(victim.name)))
-            return 0.0
-        fields = victim_fields(victim, sig, self.reading, self.user_name)
-        if self.notifier is not None and s.exec_before:
-            self.notifier.before_kill(fields, lambda: self.check_now() == signal.SIGKILL)
-            sig = self.check_now()      # the hook took time: memory may have recovered
-            if not sig:
-                target.close()
-                self.log.info('memory recovered while the -P hook ran (%s): not killing pid %d'
-                              % (describe_trigger(self.reading, self.th), victim.pid))
-                return sleep_time_s(self.reading, self.th)
-            trigger = describe_trigger(self.reading, self.th)
-            fields = victim_fields(victim, sig, self.reading, self.user_name)
 
         def announce():
             self.log.warning(kill_line(sig, victim, trigger, target.pgrp))
             self.log.debug('chose pid %d because: %s' % (
-                victim.pid, describe_victim(victim, skipped, s.sort_by_rss)))
-        try:
-            result = kill_and_wait(target, sig, self.check_now, self.log, announce=announce)
-        finally:
-            target.close()
-        if not result.signal:     # nothing was sent: no kill, and no tight retry loop
-            if now >= self.next_no_victim_log:
-                self.next_no_victim_log = now + 60
+                victim.pid, describe_victim(victim, skipped, self.settings.sort_by_rss)))
+        return kill_and_wait(target, sig, self.check_now, self.log, wait_s=self.kill_wait_s,
+                             announce=announce)
+
+    def after(self, victim, target, result, fields, now):
+        """Log how the kill ended, let memory settle, tell people; return the sleep."""
+        if not result.signal:     # nothing was sent: no kill
+            if target.error == errno.ESRCH:
+                return KILL_POLL_S       # it exited by itself: look again soon
+            return self.pass_over(victim, UNOPENABLE_RETRY_S, result.note, now)
+        self.kills += 1
+        self.kill_times.append(now)
+        if not result.exited:
+            if result.signal == signal.SIGKILL:
+                self.passed_over[(victim.pid, victim.starttime)] = now + UNKILLABLE_RETRY_S
+                self.log.warning('pid %d %s: %s; passing it over for %.0f s' % (
+                    victim.pid, printable(victim.name), result.note, UNKILLABLE_RETRY_S))
+            else:
                 self.log.warning('pid %d %s: %s' % (victim.pid, printable(victim.name),
                                                     result.note))
-            return KILL_POLL_S if target.error == errno.ESRCH else NO_VICTIM_RETRY_S
-        self.kills += 1
-        if result.exited:
-            self.sensor.read_exact(self.reading, self.th)
-            self.log.info('exited: pid=%d name="%s" signal=%s after=%.2fs mem_available=%.1f%%'
-                          % (victim.pid, printable(victim.name),
-                             SIGNAL_NAMES.get(result.signal, result.signal), result.elapsed_s,
-                             percent_of(self.reading.mem_available_kib,
-                                        self.reading.mem_total_kib)))
-            if self.notifier is not None:
-                fields['signal'] = SIGNAL_NAMES.get(result.signal, str(result.signal))
-                self.notifier.after_kill(fields)
-        else:
-            self.log.warning('pid %d %s: %s' % (victim.pid, printable(victim.name), result.note))
+            return 0.0
+        self.sensor.read_exact(self.reading, self.th)
+        before = percent_of(self.reading.mem_available_kib, self.reading.mem_total_kib)
+        self.log.info('exited: pid=%d name="%s" signal=%s after=%.2fs mem_available=%.1f%%' % (
+            victim.pid, printable(victim.name), SIGNAL_NAMES.get(result.signal, result.signal),
+            result.elapsed_s, before))
+        settled_s = self.settle()
+        self.log.info('settled: mem_available=%.1f%% %.2fs after the exit of pid %d (%.1f%% '
+                      'at the exit)' % (percent_of(self.reading.mem_available_kib,
+                                                   self.reading.mem_total_kib),
+                                        settled_s, victim.pid, before))
+        if self.notifier is not None:
+            fields['signal'] = SIGNAL_NAMES.get(result.signal, str(result.signal))
+            self.notifier.after_kill(fields)
         return 0.0
+
+    def settle(self):
+        """Wait (at most SETTLE_S) for memory to come back above the levels; return the seconds.
+
+        Returns at once when the exit freed enough (the usual case); when it
+        did not (tmpfs, shm), the wait keeps the next kill from following in
+        milliseconds, before the kernel has given back what it will.
+        """
+        start = time.monotonic()
+        while True:
+            if not self.check_now():
+                break
+            waited = time.monotonic() - start
+            if waited >= SETTLE_S:
+                break
+            time.sleep(min(KILL_POLL_S, SETTLE_S - waited))
+        return time.monotonic() - start
 
     def make_target(self, victim):
         """Return the Target: the victim, or its process group with -g when that is safe."""
-        if not self.settings.kill_pgroup:
+        if not self.settings.kill_pgroup or not 0 < victim.pgrp <= PID_MAX_LIMIT:
             return Target(victim, self.calls, self.settings.proc)
         members = [p for p in scan_processes(self.settings.proc, self.policy)
                    if p.pgrp == victim.pgrp]
@@ -2643,6 +3055,24 @@ class Daemon(object):
         return Target(victim, self.calls, self.settings.proc, members, victim.pgrp)
 
     # -- signals and status --------------------------------------------------
+    def poll_once(self, max_sleep_s=POLL_CEILING_S):
+        """One turn of the loop: signals, a step, helpers, watchdog, sleep."""
+        helpers, service = self.helpers, self.service
+        try:
+            if self.flags.hup or self.flags.usr1:
+                self.handle_flags()
+            delay = self.step()
+        except Exception as exc:   # a bug or a kernel surprise must not end the watch
+            self.log.error('unexpected error, still watching: %s' % describe_exception(exc))
+            delay = NO_VICTIM_RETRY_S
+        if helpers is not None and helpers.running:
+            helpers.poll()
+            delay = min(delay, POLL_CEILING_S / 3)    # reap and time helpers out promptly
+        if service is not None:
+            service.ping()
+        if delay > 0 and not self.flags.stop:
+            self.sleep(min(delay, max_sleep_s))
+
     def handle_flags(self):
         """Act on SIGHUP (reopen the log) and SIGUSR1 (log a status)."""
         if self.flags.hup:
@@ -2670,27 +3100,24 @@ class Daemon(object):
 
     def run(self):
         """Poll until SIGTERM/SIGINT; return the exit status."""
-        flags, helpers, service = self.flags, self.helpers, self.service
-        max_sleep_s = POLL_CEILING_S if service is None else service.max_sleep_s()
-        while not flags.stop:
-            if flags.hup or flags.usr1:
-                self.handle_flags()
-            try:
-                delay = self.step()
-            except Exception as exc:   # a bug or a kernel surprise must not end the watch
-                self.log.error('unexpected error, still watching: %s' % describe_exception(exc))
-                delay = NO_VICTIM_RETRY_S
-            if helpers is not None and helpers.running:
-                helpers.poll()
-                delay = min(delay, POLL_CEILING_S / 3)    # reap and time helpers out promptly
-            if service is not None:
-                service.ping()
-            if delay > 0 and not flags.stop:
-                self.sleep(min(delay, max_sleep_s))
-        name = {signal.SIGTERM: 'SIGTERM', signal.SIGINT: 'SIGINT'}.get(
-            self.flags.stop, str(self.flags.stop))
-        self.log.info('%s received: exiting after %d kill(s)' % (name, self.kills))
+        flags = self.flags
+        flags.interruptible = not flags.stop
+        try:
+            max_sleep_s = POLL_CEILING_S if self.service is None else self.service.max_sleep_s()
+            while not flags.stop:
+                self.poll_once(max_sleep_s)
+        except Stopping:
+            pass
+        finally:
+            flags.interruptible = False
+        self.log.info(stop_line(self.flags.stop, self.kills))
         return EXIT_OK
+
+
+def stop_line(signum, kills):
+    """Return the last log line of a daemon stopped by signum."""
+    return '%s received: exiting after %d kill(s)' % (
+        {signal.SIGTERM: 'SIGTERM', signal.SIGINT: 'SIGINT'}.get(signum, str(signum)), kills)
 
 
 def describe_exception(exc):
@@ -2709,7 +3136,7 @@ def kill_line(sig, victim, trigger, pgrp=None):
                 SIGNAL_NAMES.get(sig, sig), '' if pgrp is None else 'pgrp=%d ' % pgrp,
                 victim.pid, victim.uid, printable(victim.name), victim.oom_score,
                 victim.oom_score_adj, format_kib(victim.rss_kib).replace(' ', ''),
-                printable(victim.cmdline or '', 300).replace('"', '\\"'), trigger))
+                printable(victim.cmdline or '', 300), trigger))
 
 
 def describe_levels(th):
@@ -3174,6 +3601,11 @@ def startup_lines(settings, sensor, th, calls, features):
         lines.append('reporting memory every %g s' % s.report_interval_s)
     if s.dry_run:
         lines.append('DRY RUN: no signal will be sent')
+    if in_initial_pid_namespace() is False:
+        init = parse_stat(read_small(identity_root(s.proc) + '/1/stat') or b'')
+        lines.append('PID 1 of this PID namespace (%s) is never killed: the kernel drops '
+                     'signals sent to it from inside; run the app under an init (docker run '
+                     '--init), not as PID 1' % (printable(init.name) if init else 'unknown'))
     return lines
 
 
@@ -3265,6 +3697,9 @@ def run(settings, environ=None):
         if settings.pidfile:
             write_pidfile(settings.pidfile)
         return serve(settings, sensor, policy, calls, caps, log, warnings, environ, report_fd)
+    except Stopping as stop:     # before the loop ran: no kills yet
+        log.info(stop_line(stop.args[0], 0))
+        return EXIT_OK
     except (EnvironmentProblem, OSError) as exc:
         log.error('cannot run: %s' % exc)   # stderr may be /dev/null by now
         return EXIT_ENV
@@ -3289,6 +3724,8 @@ def serve(settings, sensor, policy, calls, caps, log, warnings, environ, report_
     daemon = Daemon(settings, sensor, policy, calls, log, notifier, helpers, service,
                     sleep=waiter)
     waiter.add(install_signal_handlers(daemon.flags), waiter.select.POLLIN, 'signal')
+    # From here on SIGTERM stops bustd at once, even in the start-up scan.
+    daemon.flags.interruptible = True
     daemon.start()
     wakeups = []
     psi_fd, psi_how = open_psi_trigger(sensor.psi_path if getattr(sensor, 'has_psi', False)

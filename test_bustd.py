@@ -169,6 +169,16 @@ def stop(child):
         child.stdout.close()
 
 
+def make_process(pid, name='w', state='S', ppid=100, pgrp=None, session=None, flags=0,
+                 starttime=5000, rss_kib=1024, uid=0, oom_score=100, adj=0):
+    """Return a bustd.Process built whole, as the scan would."""
+    stat = bustd.ProcStat(pid=pid, name=name, state=state, ppid=ppid,
+                          pgrp=pid if pgrp is None else pgrp,
+                          session=pid if session is None else session, flags=flags,
+                          starttime=starttime, rss_pages=rss_kib // 4)
+    return bustd.Process(stat, rss_kib, uid, oom_score, adj)
+
+
 def reap(child, timeout=10):
     """Kill (if needed) and wait for a test-owned child; return its returncode."""
     try:
@@ -611,8 +621,7 @@ class SelectionTest(TempDirTest):
     def test_never_killed(self):
         cases = [
             ('init', dict(pid=1, oom_score=2000)),
-            ('kthreadd', dict(pid=2, ppid=0, oom_score=2000)),
-            ('kernel thread by parent', dict(pid=30, ppid=2, oom_score=2000)),
+            ('kthreadd', dict(pid=2, ppid=0, flags=bustd.PF_KTHREAD, oom_score=2000)),
             ('kernel thread by flag', dict(pid=31, ppid=1, flags=bustd.PF_KTHREAD, oom_score=2000)),
             ('zombie', dict(pid=32, state='Z', oom_score=2000)),
             ('dead', dict(pid=33, state='X', oom_score=2000)),
@@ -629,7 +638,7 @@ class SelectionTest(TempDirTest):
                 self.proc.remove(pid)
 
     def test_kernel_threads_are_not_even_listed(self):
-        self.proc.add(30, ppid=2, name='kworker/0:1')
+        self.proc.add(30, ppid=2, name='kworker/0:1', flags=bustd.PF_KTHREAD)
         self.proc.add(10)
         self.assertEqual([p.pid for p in self.scan()], [10])
 
@@ -767,8 +776,7 @@ class PolicyTest(TempDirTest):
 
 class GroupRefusalTest(unittest.TestCase):
     def member(self, pid, pgrp=50, session=50, protected=None, never=None, name='w'):
-        p = bustd.Process()
-        p.pid, p.pgrp, p.session, p.name = pid, pgrp, session, name
+        p = make_process(pid, name=name, pgrp=pgrp, session=session)
         p.protected, p.never = protected, never
         return p
 
@@ -997,8 +1005,8 @@ class RealKillTest(TempDirTest):
             raise OSError(errno.EPERM, os.strerror(errno.EPERM))
         calls.pidfd_send_signal = refused              # as an LSM might answer
         d, sink = self.daemon(calls=calls)
-        self.assertEqual(d.step(), bustd.NO_VICTIM_RETRY_S)
-        self.assertEqual(d.step(), bustd.NO_VICTIM_RETRY_S)
+        self.assertGreater(d.step(), 0)                            # a back-off, not a spin
+        self.assertEqual(d.step(), bustd.NO_VICTIM_RETRY_S)        # passed over: nobody left
         self.assertEqual(d.kills, 0)
         self.assertEqual(sink.text().count('cannot signal it: Operation not permitted'), 1)
         self.assertIsNone(child.poll())
@@ -1997,9 +2005,8 @@ class HelpersTest(TempDirTest):
         self.assertTrue(wait_until(lambda: helpers.poll() or not helpers.running, timeout))
 
     def victim_fields(self):
-        p = bustd.Process()
-        p.pid, p.name, p.uid, p.rss_kib, p.cmdline = 4242, 'firefox', 1000, 3 * GIB + 200 * MIB, \
-            'firefox -P work'
+        p = make_process(4242, name='firefox', uid=1000, rss_kib=3 * GIB + 200 * MIB)
+        p.cmdline = 'firefox -P work'
         return bustd.victim_fields(p, signal.SIGTERM, reading(8 * GIB, 330 * MIB),
                                    lambda uid: 'alice')
 
@@ -2265,6 +2272,588 @@ class HooksInTheLoopTest(TempDirTest):
         self.assertEqual(sorted(-reap(c) for c in (first, second)), [signal.SIGTERM] * 2)
         self.assertEqual(sink.text().count('exited: pid='), 2)
         self.assertIn('helpers still running (-N hook): not starting -N hook', sink.text())
+
+
+# ----------------------------------------------------------------------------
+# Kill-path safety: hostile /proc data, namespaces, spins and sprees
+# ----------------------------------------------------------------------------
+
+FAKE_PID = 4000001    # above this machine's pid_max, below the kernel's ceiling
+
+PTHREAD_EXIT_CODE = textwrap.dedent("""
+    import ctypes, sys, threading, time
+    with open('/proc/self/oom_score_adj', 'w') as f:
+        f.write('1000')
+    ready = threading.Event()
+    def work():
+        hold = b'x' * (64 << 20)
+        ready.set()
+        while True:
+            time.sleep(1000)
+    threading.Thread(target=work).start()
+    ready.wait()
+    sys.stdout.write('ready\\n')
+    sys.stdout.flush()
+    ctypes.CDLL(None).pthread_exit(None)    # the leader goes; the worker lives on
+""")
+
+
+def refusing_calls(errno_value=errno.ESRCH):
+    """KernelCalls whose pidfd_open always fails: nothing can ever be signalled."""
+    calls = bustd.KernelCalls()
+    tried = []
+
+    def pidfd_open(pid):
+        tried.append(pid)
+        raise OSError(errno_value, os.strerror(errno_value))
+
+    def pidfd_send_signal(fd, sig):
+        raise AssertionError('no pidfd can have been opened')
+    calls.pidfd_open, calls.pidfd_send_signal = pidfd_open, pidfd_send_signal
+    calls.tried = tried
+    return calls
+
+
+def unshare_available():
+    """Return None if `unshare --pid --fork --mount-proc` works here, else why not."""
+    unshare = shutil.which('unshare')
+    if unshare is None:
+        return 'no unshare(1) here'
+    try:
+        out = subprocess.run([unshare, '--pid', '--fork', '--mount-proc', 'true'],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return 'unshare failed: %s' % exc
+    if out.returncode != 0:
+        return 'unshare --pid --fork --mount-proc fails here: %s' % out.stderr.decode().strip()
+    return None
+
+
+def skip_without_unshare(test):
+    why = unshare_available()
+    if why is not None:
+        sys.stderr.write('\n[skip] %s\n' % why)
+        test.skipTest(why)
+
+
+class NamespaceTest(TempDirTest):
+    def test_a_child_namespaces_proc_is_refused(self):
+        skip_without_unshare(self)
+        inside = subprocess.Popen(['unshare', '--pid', '--fork', '--kill-child', '--mount-proc', 'sleep', '60'])
+        self.addCleanup(stop, inside)
+        # The sleeper is pid 1 of the new namespace, a child of unshare here.
+        children = '/proc/%d/task/%d/children' % (inside.pid, inside.pid)
+        self.assertTrue(wait_until(lambda: (bustd.read_small(children) or b'').strip()))
+        sleeper = int(bustd.read_small(children).split()[0])
+        tree = '/proc/%d/root/proc' % sleeper
+        self.assertTrue(wait_until(lambda: os.path.exists(tree + '/1/stat')))
+        with self.assertRaises(bustd.EnvironmentProblem):
+            bustd.check_pid_namespace(tree)
+        out = run_cli('--list', '--proc', tree)
+        self.assertEqual(out.returncode, 1, out.stdout)
+        self.assertIn('another PID namespace', out.stderr)
+
+    def test_a_pid_is_checked_in_bustds_own_proc_before_any_signal(self):
+        # A tree (no "self") whose entry agrees with itself but names, by
+        # number, a different process here: that process must not be hit.
+        host = start_victim()
+        self.addCleanup(stop, host)
+        self.proc.add(host.pid, oom_score=2000, starttime=77)
+        for calls in (bustd.load_kernel_calls(), no_kernel_calls()):
+            with self.subTest(pidfd=calls.pidfd_open is not None):
+                s = settings(self.proc)
+                victim, _ = bustd.find_victim(s.proc, bustd.Policy(s))
+                self.assertEqual(victim.pid, host.pid)
+                target = bustd.Target(victim, calls, s.proc)
+                self.assertFalse(target.open() and target.send(0))
+                target.close()
+        self.assertIsNone(host.poll())
+
+    def test_pid_2_and_its_children_are_ordinary_processes(self):
+        # docker run --init: tini is pid 1, the app pid 2, its worker pid 4.
+        self.proc.add(1, name='tini', ppid=0, oom_score=1)
+        self.proc.add(2, name='app', ppid=1, oom_score=600)
+        self.proc.add(4, name='worker', ppid=2, oom_score=900)
+        self.proc.add(7, name='innocent', ppid=1, oom_score=100)
+        s = settings(self.proc)
+        victim, _ = bustd.find_victim(s.proc, bustd.Policy(s))
+        self.assertEqual(victim.pid, 4)
+        listed = dict((p.pid, p.never) for p in bustd.scan_processes(s.proc, bustd.Policy(s)))
+        self.assertEqual(listed, {1: 'init', 2: None, 4: None, 7: None})
+
+    def test_container_recipe_end_to_end_in_a_pid_namespace(self):
+        """The README's recipe: an init is PID 1, bustd and the app run under it."""
+        skip_without_unshare(self)
+        init = textwrap.dedent(r"""
+            import os, subprocess, sys
+            child = subprocess.Popen(sys.argv[1:])
+            while True:     # PID 1: reap everything, leave with the app's status
+                pid, status = os.wait()
+                if pid == child.pid:
+                    sys.stdout.write('app status %d\n' % status)
+                    sys.exit(0)
+        """)
+        # -m 99,98: "memory is low" on any machine, so no real pressure is
+        # needed; inside the namespace only these processes exist.
+        recipe = '%s %s -n -m 99,98 & exec %s -c "$APP"' % (sys.executable, BUSTD,
+                                                           sys.executable)
+        env = dict(os.environ, APP=VICTIM_CODE)
+        out = subprocess.run(['unshare', '--pid', '--fork', '--kill-child', '--mount-proc',
+                              sys.executable, '-c', init, 'sh', '-c', recipe],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             universal_newlines=True, env=env, timeout=30)
+        self.assertRegex(out.stderr, r'kill: SIG(TERM|KILL) pid=2 ', out.stderr)
+        self.assertRegex(out.stdout, r'app status (9|15)\b', out.stderr)
+        self.assertIn('PID 1 of this PID namespace', out.stderr)
+
+
+class HostileProcTest(TempDirTest):
+    def daemon(self, calls=None, **kw):
+        log, sink = make_log(verbose=True)
+        s = settings(self.proc, **kw)
+        sensor = bustd.MachineSensor(s.proc, log=log)
+        sensor.check()
+        d = bustd.Daemon(s, sensor, bustd.Policy(s), calls or refusing_calls(), log,
+                         sleep=lambda seconds: None)
+        d.start()
+        return d, sink
+
+    def test_a_leader_that_called_pthread_exit_is_judged_by_its_threads(self):
+        child = subprocess.Popen([sys.executable, '-c', PTHREAD_EXIT_CODE],
+                                 stdout=subprocess.PIPE)
+        self.addCleanup(stop, child)
+        self.assertEqual(child.stdout.readline(), b'ready\n')
+        self.assertTrue(wait_until(lambda: bustd.parse_stat(
+            bustd.read_small('/proc/%d/stat' % child.pid)).state == 'Z'))
+        self.proc.link(child.pid)
+        self.proc.add(FAKE_PID, name='innocent', oom_score=10)
+        s = settings(self.proc)
+        p = [p for p in bustd.scan_processes(s.proc, bustd.Policy(s)) if p.pid == child.pid][0]
+        self.assertIsNone(p.never)
+        self.assertGreater(p.rss_kib, 60 * MIB)
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=300 * MIB)
+        d, sink = self.daemon(calls=bustd.load_kernel_calls())
+        d.step()
+        self.assertEqual(reap(child), -signal.SIGKILL, sink.text())
+
+    def test_default_protection_cannot_be_claimed_by_renaming(self):
+        exe_dir = os.path.join(self.tmp, 'sbin')
+        os.makedirs(exe_dir)
+        sshd = os.path.join(exe_dir, 'sshd')
+        open(sshd, 'w').close()
+        os.chown(sshd, 0, 0)
+        uids = 'Uid:\t%d\t%d\t%d\t%d\n'
+        add = self.proc.add
+        add(10, name='systemd-hog', oom_score=900, uid=1000)
+        self.proc.write('10/status', (uids % ((1000,) * 4)).encode())
+        add(11, name='sshd', oom_score=800, uid=0)      # non-dumpable: /proc/PID is root's
+        self.proc.write('11/status', (uids % ((1000,) * 4)).encode())
+        add(12, name='sshd', oom_score=950, uid=1000)   # a user's sshd session child
+        self.proc.write('12/status', (uids % ((1000,) * 4)).encode())
+        os.symlink(sshd, os.path.join(self.proc.root, '12/exe'))
+        add(13, name='dpkg', oom_score=990, uid=0)
+        self.proc.write('13/status', (uids % ((0,) * 4)).encode())
+        add(14, name='innocent', oom_score=100, uid=0)
+        s = settings(self.proc)
+        found = dict((p.pid, p.protected) for p in bustd.scan_processes(s.proc, bustd.Policy(s)))
+        self.assertEqual(found, {10: None, 11: None, 12: 'default: sshd', 13: 'default: dpkg',
+                                 14: None})
+        self.assertEqual(bustd.find_victim(s.proc, bustd.Policy(s))[0].pid, 10)
+
+    def test_meminfo_with_missing_fields_is_unknown_not_zero(self):
+        d, sink = self.daemon()
+        for text in (b'MemTotal: 8388608 kB\n',
+                     b'MemTotal: 8388608 kB\nMemAvailable: 100 kB\n',     # no swap lines
+                     b'MemTotal: 8388608 kB\nSwapTotal: 0 kB\nSwapFree: 0 kB\n'):
+            with self.subTest(text=text):
+                self.proc.write('meminfo', text)
+                r = d.sensor.read_exact(bustd.Reading(), d.th)
+                self.assertFalse(r.exact)
+                d.step()
+                self.assertNotIn('memory is low', sink.text())
+        self.assertEqual(sink.text().count('lacks'), 1)           # one warning
+
+    def test_psi_out_of_range_is_ignored_with_one_warning(self):
+        for figure in (b'inf', b'1e9', b'nan', b'-1', b'100.5'):
+            with self.subTest(figure=figure):
+                self.assertEqual(bustd.parse_psi(b'some avg10=' + figure + b' avg60=0\n'),
+                                 (None, None))
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=GIB)          # 12.5 %: PSI rule range
+        d, sink = self.daemon()
+        self.proc.write('pressure/memory', b'some avg10=1e9 avg60=0.00 avg300=0.00 total=1\n')
+        for _ in range(3):
+            d.step()
+        self.assertEqual(bustd.decide(d.reading, d.th), 0)
+        self.assertNotIn('memory is low', sink.text())
+        self.assertEqual(sink.text().count('no "some avg10" between 0 and 100'), 1)
+
+    def test_only_pids_from_1_to_pid_max_are_candidates(self):
+        self.proc.add(0, oom_score=2000)
+        huge = '100000000000000000000'
+        self.proc.write(huge + '/stat', stat_line(10 ** 20, 'huge'))
+        self.proc.write(huge + '/oom_score', b'2000\n')
+        self.proc.write(huge + '/oom_score_adj', b'0\n')
+        self.proc.add(50, oom_score=10)
+        self.proc.add(41, oom_score=1500)
+        self.proc.write('sys/kernel/pid_max', b'45\n')         # 50 is above this tree's pid_max
+        s = settings(self.proc)
+        self.assertEqual(sorted(bustd.iter_pids(s.proc)), [41])
+        os.unlink(os.path.join(self.proc.root, 'sys/kernel/pid_max'))
+        self.assertEqual(sorted(bustd.iter_pids(s.proc)), [41, 50])
+        self.assertEqual(bustd.find_victim(s.proc, bustd.Policy(s))[0].pid, 41)
+        # kill() is never called with a pid <= 0 (0 is bustd's own process
+        # group), even when the start time matches (signal 0: only a check).
+        own = bustd.parse_stat(bustd.read_small('/proc/self/stat'))
+        zero = make_process(0, starttime=own.starttime)
+        self.proc.write('0/stat', stat_line(0, 'zero', starttime=own.starttime))
+        target = bustd.Target(zero, no_kernel_calls(), self.proc.root)
+        self.assertFalse(target.send(0))
+
+    def test_a_victim_that_cannot_be_opened_is_passed_over_without_a_spin(self):
+        for pid, score in ((FAKE_PID, 900), (FAKE_PID + 1, 800), (FAKE_PID + 2, 700)):
+            self.proc.add(pid, oom_score=score)
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=700 * MIB)
+        calls = refusing_calls(errno.EMFILE)
+        d, sink = self.daemon(calls=calls)
+        delays = [d.step() for _ in range(4)]
+        self.assertTrue(all(delay > 0 for delay in delays), delays)
+        self.assertEqual(calls.tried, [FAKE_PID, FAKE_PID + 1, FAKE_PID + 2])
+        self.assertEqual(delays[-1], bustd.NO_VICTIM_RETRY_S)
+        self.assertEqual(sink.text().count('trying the next candidate'), 1)   # rate-limited
+        self.assertEqual(sink.text().count('no process may be killed'), 1)
+
+    def test_zoneinfo_garbage_never_crashes_nor_blinds(self):
+        good = b'Node 0, zone Normal\n  pages free 10\n        high 100\n        managed 1000\n'
+        for managed in (b'abc', b'-5000000000', b'\xb2', b''):
+            with self.subTest(managed=managed):
+                data = good.replace(b'managed 1000', b'managed ' + managed)
+                self.assertEqual(bustd.parse_zoneinfo_reserve_kib(data), 400)
+        self.proc.write('zoneinfo', good.replace(b'100', b'99999999999'))
+        sensor = bustd.MachineSensor(self.proc.root)
+        sensor.sysinfo = self.sysinfo_like_meminfo()
+        sensor.check()
+        self.assertIsNone(sensor.reserve_kib)        # 2 x 400 TiB: not below MemTotal
+        self.assertFalse(sensor.uses_sysinfo)
+
+    def sysinfo_like_meminfo(self, total_kib=None):
+        def fill(reading):
+            fields = bustd.parse_meminfo(bustd.read_file(self.proc.root + '/meminfo'))
+            reading.mem_total_kib = total_kib or fields['MemTotal']
+            reading.mem_free_kib = fields['MemFree'] if total_kib is None else total_kib
+            reading.swap_total_kib = reading.swap_free_kib = 0
+        return fill
+
+    def test_meminfo_that_disagrees_with_sysinfo_is_read_on_every_poll(self):
+        # lxcfs: /proc/meminfo is the container's, sysinfo(2) the host's.
+        self.proc.write('zoneinfo', b'Node 0, zone Normal\n  high 100\n  managed 1000\n')
+        self.proc.meminfo(total_kib=2 * GIB, avail_kib=25 * MIB)
+        sensor = bustd.MachineSensor(self.proc.root)
+        sensor.sysinfo = self.sysinfo_like_meminfo(total_kib=64 * GIB)
+        sensor.check()
+        self.assertFalse(sensor.uses_sysinfo)
+        self.assertIn('on every poll: sysinfo(2) says MemTotal 64.0 GiB', sensor.describe())
+        th = bustd.compute_thresholds(settings(self.proc), 2 * GIB, 0)
+        r = sensor.read(bustd.Reading(), th)
+        self.assertEqual((r.exact, r.mem_available_kib), (True, 25 * MIB))
+        self.assertEqual(bustd.decide(r, th), signal.SIGKILL)
+
+    def test_non_ascii_digit_names_are_not_pids(self):
+        self.proc.add(10, oom_score=100)
+        os.makedirs(os.path.join(self.proc.root, '\u00b2'))
+        os.makedirs(os.path.join(self.proc.root, '\u0663'))      # Arabic-Indic three
+        self.assertEqual(list(bustd.iter_pids(self.proc.root)), [10])
+        out = run_cli('--list', '--proc', self.proc.root)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertNotIn('Traceback', out.stderr)
+
+    def test_psi_trigger_only_on_procfs_or_cgroupfs(self):
+        path = os.path.join(self.proc.root, 'pressure/memory')
+        before = bustd.read_file(path)
+        fd, why = bustd.open_psi_trigger(path)
+        self.assertIsNone(fd)
+        self.assertIn('not procfs or cgroupfs', why)
+        self.assertEqual(bustd.read_file(path), before)
+        self.assertEqual(bustd.mount_fs_type('36 1 0:5 / /proc rw - proc proc rw\n'
+                                             '37 36 0:6 / /proc/x\\040y rw - tmpfs t rw\n',
+                                             '/proc/x y/z'), 'tmpfs')
+        if os.path.exists('/proc/pressure/memory'):
+            fd, why = bustd.open_psi_trigger('/proc/pressure/memory')
+            if fd is not None:
+                os.close(fd)
+            self.assertNotIn('not procfs', why)
+
+    def test_names_and_cmdlines_cannot_forge_fields_of_the_kill_line(self):
+        self.proc.add(10, name='x" pid=1 uid=0', oom_score=900, cmdline=b'a\\" pid=1\0b')
+        s = settings(self.proc)
+        p = bustd.scan_processes(s.proc, bustd.Policy(s))[0]
+        p.cmdline = bustd.read_cmdline(s.proc, p.pid)
+        line = bustd.kill_line(signal.SIGTERM, p, 'trigger')
+        self.assertIn(r'name="x\" pid=1 uid=0"', line)
+        self.assertIn(r'cmdline="a\\\" pid=1 b"', line)
+        import shlex
+        fields = dict(w.split('=', 1) for w in shlex.split(line.split(': ', 1)[1]) if '=' in w)
+        self.assertEqual((fields['pid'], fields['uid']), ('10', str(os.getuid())))
+
+    def test_patterns_see_a_bounded_command_line(self):
+        self.proc.add(10, cmdline=b'a' * 4000 + b'\0')
+        s = settings(self.proc, match='cmdline')
+        policy = bustd.Policy(s)
+        p = bustd.scan_processes(s.proc, policy)[0]
+        self.assertLess(len(policy.match_text(p)), 4000)
+        self.assertEqual(len(policy.match_text(p)), bustd.PATTERN_TEXT_MAX)
+
+
+class DaemonResilienceTest(TempDirTest):
+    daemon = HostileProcTest.daemon
+
+    def victim(self, *args):
+        child = start_victim(*args)
+        self.addCleanup(stop, child)
+        self.proc.link(child.pid)
+        return child
+
+    def test_a_victim_that_outlives_sigkill_is_passed_over(self):
+        first, second = self.victim(), self.victim()
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=300 * MIB)      # SIGKILL level
+        calls = bustd.load_kernel_calls()
+        if calls.pidfd_send_signal is None:
+            self.skipTest('no pidfds here')
+        sent = []
+        calls.pidfd_send_signal = lambda fd, sig: sent.append(sig)     # as if stuck in D state
+        d, sink = self.daemon(calls=calls)
+        d.kill_wait_s = 0.2
+        d.step()
+        d.step()
+        chosen = [int(line.split(' pid=')[1].split()[0]) for line in sink.text().split('\n')
+                  if line.startswith('kill: ')]
+        self.assertEqual(len(chosen), 2, sink.text())
+        self.assertNotEqual(chosen[0], chosen[1])
+        self.assertIn('passing it over', sink.text())
+        self.assertIsNone(first.poll())
+        self.assertIsNone(second.poll())
+
+    def test_no_killing_spree_when_memory_does_not_come_back(self):
+        children = [self.victim() for _ in range(5)]
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=700 * MIB)      # stays at SIGTERM
+        now = [1000.0]
+        d, sink = self.daemon(calls=bustd.load_kernel_calls())
+        d.clock = lambda: now[0]
+        for _ in range(len(children) + 2):
+            d.step()
+            now[0] += 1.0
+        dead = [c for c in children if c.poll() is not None]
+        self.assertLess(len(dead), len(children) - 1)
+        self.assertEqual(len(dead), bustd.KILLS_PER_WINDOW)
+        self.assertEqual(sink.text().count('settled: mem_available=8.5%'), len(dead))
+        self.assertEqual(sink.text().count('no more kills until the SIGKILL level'), 1)
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=300 * MIB)      # the SIGKILL level
+        d.step()
+        self.assertEqual(len([c for c in children if c.poll() is not None]), len(dead) + 1)
+        now[0] += bustd.KILL_CAP_WINDOW_S
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=700 * MIB)
+        d.step()                                                        # a new window
+        self.assertEqual(len([c for c in children if c.poll() is not None]), len(dead) + 2)
+
+    def test_an_error_in_the_status_path_does_not_end_the_daemon(self):
+        d, sink = self.daemon()
+
+        def broken():
+            raise ValueError('a bad /proc entry')
+        d.sensor.member_pids = broken
+        d.flags.usr1 = True
+        sleeps = []
+
+        def sleep(seconds):
+            sleeps.append(seconds)
+            if len(sleeps) == 2:
+                d.flags.stop = signal.SIGTERM
+        d.sleep = sleep
+        self.assertEqual(d.run(), bustd.EXIT_OK)
+        self.assertEqual(len(sleeps), 2)
+        self.assertIn('unexpected error, still watching: ValueError: a bad /proc entry',
+                      sink.text())
+
+    def test_each_repeated_warning_has_its_own_throttle(self):
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=700 * MIB)
+        calls = bustd.load_kernel_calls()
+        if calls.pidfd_send_signal is None:
+            self.skipTest('no pidfds here')
+
+        def refused(fd, sig):
+            raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+        calls.pidfd_send_signal = refused
+        d, sink = self.daemon(calls=calls)
+        d.step()                                    # nobody: "no process may be killed"
+        child = self.victim()
+        d.step()                                    # one that cannot be signalled
+        self.assertIn('no process may be killed', sink.text())
+        self.assertIn('pid %d python3: cannot signal it' % child.pid, sink.text())
+        self.assertIsNone(child.poll())
+        throttle = bustd.Throttle(60)
+        self.assertEqual([throttle.ready(t) for t in (0, 1, 59, 60)], [True, False, False, True])
+        self.assertEqual(throttle.suppressed_text(), ' (2 more like this not logged)')
+
+    def test_records_are_built_whole(self):
+        with self.assertRaises(TypeError):
+            bustd.Process()
+        with self.assertRaises(TypeError):
+            bustd.ProcStat()
+        stat = bustd.parse_stat(stat_line(10, 'w'))
+        self.assertEqual((stat.pid, stat.name, stat.starttime, stat.rss_pages),
+                         (10, 'w', 5000, 256))
+        p = bustd.Process(stat, 1024, 0, 10, 0)
+        self.assertEqual((p.pid, p.badness, p.preference, p.protected, p.cmdline),
+                         (10, 10, 0, None, None))
+
+
+BACKTRACKING = r'^(\w+\s?)*$'
+
+
+class PromptStopTest(TempDirTest):
+    """SIGTERM stops the real daemon at once, wherever it is."""
+
+    def start(self, *args):
+        d = subprocess.Popen([sys.executable, BUSTD, '-n', '--proc', self.proc.root] +
+                             list(args), stderr=subprocess.PIPE, universal_newlines=True)
+        self.addCleanup(d.stderr.close)
+        self.addCleanup(stop, d)
+        lines = []
+        reader = threading.Thread(target=lambda: lines.extend(d.stderr))
+        reader.daemon = True
+        reader.start()
+        return d, lines
+
+    def stop_time_s(self, d):
+        start = time.monotonic()
+        d.send_signal(signal.SIGTERM)
+        try:
+            d.wait(5)
+        except subprocess.TimeoutExpired:
+            d.kill()
+            d.wait()
+            return None
+        return time.monotonic() - start
+
+    def test_sigterm_during_a_kill_wait(self):
+        child = start_victim('ignore-term')
+        self.addCleanup(stop, child)
+        self.proc.link(child.pid)
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=700 * MIB)      # SIGTERM, 5 s grace
+        d, lines = self.start()
+        self.assertTrue(wait_until(lambda: any('kill: SIGTERM' in l for l in lines), 30))
+        time.sleep(0.2)
+        took = self.stop_time_s(d)
+        sys.stderr.write('[SIGTERM during a kill wait: exited after %s s] ' % took)
+        self.assertIsNotNone(took, 'still running 5 s after SIGTERM')
+        self.assertLess(took, bustd.TERM_GRACE_S - 1)   # not after the wait, whatever the load
+        self.assertEqual(d.returncode, 0)
+        self.assertIsNone(child.poll())                 # stopping is not escalating
+
+    def test_sigterm_during_a_scan_stuck_in_a_backtracking_pattern(self):
+        self.proc.add(FAKE_PID, oom_score=900, cmdline=b'a' * 60 + b'!\0')
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=700 * MIB)
+        d, lines = self.start('--match', 'cmdline', '--ignore', BACKTRACKING)
+        time.sleep(2)                                     # deep inside the match by now
+        took = self.stop_time_s(d)
+        sys.stderr.write('[SIGTERM during a scan: exited after %s s] ' % took)
+        self.assertIsNotNone(took, 'still running 5 s after SIGTERM')
+        self.assertEqual(d.returncode, 0, ''.join(lines))
+        self.assertNotIn('Traceback', ''.join(lines))
+
+
+class FuzzProcTest(TempDirTest):
+    """--list and the daemon against random /proc contents: never a traceback."""
+
+    SEED = 20261126
+    ROUNDS = 60
+
+    def garbage(self, rnd, good):
+        choice = rnd.randrange(9)
+        if choice == 0:
+            return bytes(rnd.randrange(256) for _ in range(rnd.randrange(64)))
+        if choice == 1:
+            return good[:rnd.randrange(len(good) + 1)]
+        if choice == 2:
+            return good.replace(b'1', str(10 ** rnd.randrange(5, 40)).encode())
+        if choice == 3:
+            return good.replace(b' 0', b' -' + str(rnd.randrange(1, 10 ** 12)).encode())
+        if choice == 4:
+            return good.replace(b'w', '\u00b2\u0663\u00e9'.encode()).replace(b'5', b'\xb2')
+        if choice == 5:
+            return b''
+        if choice == 6:
+            return good.replace(b' ', b'\0')
+        if choice == 7:
+            return good.replace(b'.', b'e9').replace(b'=0', b'=inf')
+        return good
+
+    def build(self, rnd, round_):
+        root = os.path.join(self.tmp, 'fuzz%d' % round_)
+        proc = FakeProc(root)
+        proc.meminfo(total_kib=8 * GIB, avail_kib=rnd.choice((300 * MIB, 700 * MIB, 6 * GIB)),
+                     swap_total_kib=rnd.choice((0, GIB)), swap_free_kib=rnd.choice((0, 10)))
+        proc.write('zoneinfo', b'Node 0, zone Normal\n  high 100\n  managed 1000\n'
+                               b'  protection: (0, 10, 20)\n')
+        names = ['meminfo', 'pressure/memory', 'zoneinfo']
+        for i in range(8):
+            pid = FAKE_PID + i
+            proc.add(pid, name='w%d' % i, oom_score=rnd.randrange(-10, 3000), ppid=1,
+                     pgrp=FAKE_PID)
+            proc.write('%d/status' % pid, b'Name:\tw\nUid:\t1000\t1000\t1000\t1000\n')
+            names += ['%d/%s' % (pid, n) for n in ('stat', 'oom_score', 'oom_score_adj',
+                                                   'cmdline', 'status')]
+        for name in ('0', '\u00b2', '-1', '99999999999999999999', '1e3', ' 7'):
+            os.makedirs(os.path.join(root, name), exist_ok=True)
+        for name in names:
+            if rnd.random() < 0.5:
+                good = bustd.read_file(os.path.join(root, name)) or b''
+                proc.write(name, self.garbage(rnd, good))
+        return proc
+
+    def test_list_and_daemon_survive_random_proc_contents(self):
+        import io
+        import random
+        rnd = random.Random(self.SEED)
+        statuses = set()
+        for round_ in range(self.ROUNDS):
+            proc = self.build(rnd, round_)
+            with self.subTest(round=round_):
+                out = io.StringIO()
+                real_out, real_err_fd = sys.stdout, os.dup(2)
+                err = tempfile.TemporaryFile()
+                sys.stdout = out
+                os.dup2(err.fileno(), 2)          # bustd writes its errors to fd 2
+                try:
+                    status = bustd.main(['--list', '--proc', proc.root,
+                                         '--match', rnd.choice(('name', 'cmdline'))])
+                finally:
+                    sys.stdout = real_out
+                    os.dup2(real_err_fd, 2)
+                    os.close(real_err_fd)
+                err.seek(0)
+                errors = err.read().decode('utf-8', 'replace')
+                err.close()
+                statuses.add(status)
+                self.assertIn(status, (0, 1), errors)
+                self.assertNotIn('Traceback', out.getvalue() + errors)
+                if status == 0:
+                    self.assertIn('PID', out.getvalue())
+                log, sink = make_log(verbose=True)
+                s = settings(proc, kill_pgroup=rnd.random() < 0.3,
+                             sort_by_rss=rnd.random() < 0.3)
+                sensor = bustd.MachineSensor(s.proc, log=log)
+                try:
+                    sensor.check()
+                except bustd.EnvironmentProblem:
+                    continue
+                d = bustd.Daemon(s, sensor, bustd.Policy(s), refusing_calls(), log,
+                                 sleep=lambda seconds: None)
+                d.start()
+                for _ in range(3):
+                    d.step()
+                d.status_lines()
+                self.assertNotIn('unexpected error', sink.text())
+        self.assertEqual(statuses, {0, 1})     # the fuzz reached both outcomes
 
 
 if __name__ == '__main__':
