@@ -1340,7 +1340,7 @@ class Process(object):
                  'starttime', 'rss_kib', 'uid', 'oom_score', 'oom_score_adj',
                  'cmdline', 'never', 'protected', 'preference', 'badness')
 
-    def __init__(self, stat, rss_kib, uid, oom_score, oom_score_adj, never=None):
+    def __init__(self, stat, rss_kib, uid, oom_score, oom_score_adj):
         """A scanned process: its ProcStat, RSS, owner and scores; no admin rule applied yet."""
         self.pid = stat.pid
         self.name = stat.name
@@ -1355,7 +1355,7 @@ class Process(object):
         self.oom_score = oom_score
         self.oom_score_adj = oom_score_adj
         self.cmdline = None
-        self.never = never
+        self.never = None
         self.protected = None
         self.preference = 0
         self.badness = oom_score

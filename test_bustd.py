@@ -169,6 +169,18 @@ def stop(child):
         child.stdout.close()
 
 
+def calls_refusing_signals(test):
+    """Real KernelCalls whose pidfd_send_signal answers EPERM, as an LSM might."""
+    calls = bustd.load_kernel_calls()
+    if calls.pidfd_send_signal is None:
+        test.skipTest('no pidfds here')
+
+    def refused(fd, sig):
+        raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+    calls.pidfd_send_signal = refused
+    return calls
+
+
 def make_process(pid, name='w', state='S', ppid=100, pgrp=None, session=None, flags=0,
                  starttime=5000, rss_kib=1024, uid=0, oom_score=100, adj=0):
     """Return a bustd.Process built whole, as the scan would."""
@@ -997,14 +1009,7 @@ class RealKillTest(TempDirTest):
     def test_a_signal_that_fails_is_no_kill_and_no_spin(self):
         child = self.victim()
         self.proc.meminfo(total_kib=8 * GIB, avail_kib=700 * MIB)
-        calls = bustd.load_kernel_calls()
-        if calls.pidfd_send_signal is None:
-            self.skipTest('no pidfds here')
-
-        def refused(fd, sig):
-            raise OSError(errno.EPERM, os.strerror(errno.EPERM))
-        calls.pidfd_send_signal = refused              # as an LSM might answer
-        d, sink = self.daemon(calls=calls)
+        d, sink = self.daemon(calls=calls_refusing_signals(self))
         self.assertGreater(d.step(), 0)                            # a back-off, not a spin
         self.assertEqual(d.step(), bustd.NO_VICTIM_RETRY_S)        # passed over: nobody left
         self.assertEqual(d.kills, 0)
@@ -2675,14 +2680,7 @@ class DaemonResilienceTest(TempDirTest):
 
     def test_each_repeated_warning_has_its_own_throttle(self):
         self.proc.meminfo(total_kib=8 * GIB, avail_kib=700 * MIB)
-        calls = bustd.load_kernel_calls()
-        if calls.pidfd_send_signal is None:
-            self.skipTest('no pidfds here')
-
-        def refused(fd, sig):
-            raise OSError(errno.EPERM, os.strerror(errno.EPERM))
-        calls.pidfd_send_signal = refused
-        d, sink = self.daemon(calls=calls)
+        d, sink = self.daemon(calls=calls_refusing_signals(self))
         d.step()                                    # nobody: "no process may be killed"
         child = self.victim()
         d.step()                                    # one that cannot be signalled
