@@ -126,6 +126,11 @@ INIT_PID_NS_INODE = 0xEFFFFFFC
 # What the admin's patterns see of a command line, at most: a hostile process
 # controls its command line, and a backtracking pattern costs its length.
 PATTERN_TEXT_MAX = 1024
+# ...and at most this much CPU time per regex match on a command line: past
+# it the match counts as "no match" (one warning), so that a backtracking
+# --ignore/--prefer/--avoid cannot blind bustd.  Names (15 characters) are
+# too short to need it.
+PATTERN_CPU_S = 0.05
 # The default protected list protects a matching process only when it runs
 # as a system user (uid below this, login.defs' UID_MIN), or when its
 # executable is a root-owned file of that name: any user can rename a process.
@@ -1514,11 +1519,20 @@ def _glob_step(pattern, p, char):
     return 1 if head == char else 0
 
 
+class PatternTimeout(Exception):
+    """A regex match on a command line ran past PATTERN_CPU_S (raised by SIGVTALRM)."""
+
+
+def _pattern_timeout(signum, frame):
+    raise PatternTimeout()
+
+
 class Policy(object):
     """Who may be killed and who first: the admin's lists and preferences."""
 
-    def __init__(self, settings, only_uid=None):
+    def __init__(self, settings, only_uid=None, log=None):
         self.proc = settings.proc
+        self.log = log
         self.globs = list(settings.unkillables)
         self.default_globs = DEFAULT_UNKILLABLES if settings.default_unkillables else ()
         self.ignore = settings.ignore_re
@@ -1528,6 +1542,32 @@ class Policy(object):
         self.match_cmdline = settings.match == 'cmdline'
         self.sort_by_rss = settings.sort_by_rss
         self.only_uid = only_uid   # not root: only our own processes can be signalled
+        self.bounded = False
+        if self.match_cmdline and (self.ignore or self.prefer or self.avoid):
+            try:
+                signal.signal(signal.SIGVTALRM, _pattern_timeout)
+                self.bounded = True
+            except (ValueError, AttributeError):   # not the main thread; not Unix
+                pass
+
+    def search(self, regex, text, p):
+        """Return regex.search(text), None past PATTERN_CPU_S of CPU on a command line."""
+        if not self.bounded:
+            return regex.search(text)
+        try:
+            signal.setitimer(signal.ITIMER_VIRTUAL, PATTERN_CPU_S)
+            try:
+                return regex.search(text)
+            finally:
+                signal.setitimer(signal.ITIMER_VIRTUAL, 0)
+        except PatternTimeout:
+            if self.log is not None:
+                self.log.warn_once('pattern:' + regex.pattern, 'pattern %r took more than '
+                                   '%g s of CPU on the command line of pid %d %s: counted as '
+                                   'no match (it backtracks; anchor or simplify it)' % (
+                                       regex.pattern, PATTERN_CPU_S, p.pid,
+                                       printable(p.name)))
+            return None
 
     def match_text(self, p):
         """Return what the admin's patterns are matched against."""
@@ -1545,7 +1585,7 @@ class Policy(object):
                 p.protected = '-u %s' % pattern
                 break
         else:
-            if self.ignore is not None and self.ignore.search(text):
+            if self.ignore is not None and self.search(self.ignore, text, p):
                 p.protected = '--ignore'
             elif self.ignore_root and p.uid == 0:
                 p.protected = '--ignore-root-user'
@@ -1557,9 +1597,9 @@ class Policy(object):
                             self.proc, p, pattern):
                         p.protected = 'default: %s' % pattern
                         break
-        if self.prefer is not None and self.prefer.search(text):
+        if self.prefer is not None and self.search(self.prefer, text, p):
             p.preference += 1
-        if self.avoid is not None and self.avoid.search(text):
+        if self.avoid is not None and self.search(self.avoid, text, p):
             p.preference -= 1
         p.badness = p.oom_score + PREFER_ADJUST * p.preference
 
@@ -3670,7 +3710,7 @@ def run(settings, environ=None):
                                               first.swap_total_kib))
     caps = capabilities()
     only_uid = None if has_cap(caps, CAP_KILL) else os.geteuid()
-    policy = Policy(settings, only_uid)
+    policy = Policy(settings, only_uid, log)
     if settings.list:
         processes = scan_processes(settings.proc, policy, sensor.member_pids())
         print(format_table(processes, settings.sort_by_rss, user_name_function()))

@@ -2599,6 +2599,31 @@ class HostileProcTest(TempDirTest):
         fields = dict(w.split('=', 1) for w in shlex.split(line.split(': ', 1)[1]) if '=' in w)
         self.assertEqual((fields['pid'], fields['uid']), ('10', str(os.getuid())))
 
+    def test_a_backtracking_pattern_cannot_blind_the_scan(self):
+        import re
+        self.proc.add(FAKE_PID, oom_score=900, cmdline=b'a' * 60 + b'!\0')
+        self.proc.add(FAKE_PID + 1, oom_score=100, cmdline=b'sleep 1\0')
+        s = settings(self.proc, match='cmdline', ignore_re=re.compile(BACKTRACKING))
+        log, sink = make_log()
+        policy = bustd.Policy(s)
+        policy.log = log
+
+        def hung(signum, frame):
+            raise AssertionError('the scan is stuck in the pattern')
+        previous = signal.signal(signal.SIGALRM, hung)
+        signal.alarm(20)
+        try:
+            victim, _ = bustd.find_victim(s.proc, policy)
+        finally:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, previous)
+        self.assertEqual(victim.pid, FAKE_PID)
+        self.assertTrue(policy.bounded)
+        self.assertIn('took more than 0.05 s of CPU on the command line of pid %d' % FAKE_PID,
+                      sink.text())
+        self.assertEqual(bustd.find_victim(s.proc, policy)[0].pid, FAKE_PID)
+        self.assertEqual(sink.text().count('took more than'), 1)     # one warning
+
     def test_patterns_see_a_bounded_command_line(self):
         self.proc.add(10, cmdline=b'a' * 4000 + b'\0')
         s = settings(self.proc, match='cmdline')
@@ -2747,11 +2772,14 @@ class PromptStopTest(TempDirTest):
         self.assertEqual(d.returncode, 0)
         self.assertIsNone(child.poll())                 # stopping is not escalating
 
-    def test_sigterm_during_a_scan_stuck_in_a_backtracking_pattern(self):
-        self.proc.add(FAKE_PID, oom_score=900, cmdline=b'a' * 60 + b'!\0')
+    def test_sigterm_during_a_scan_slowed_by_a_backtracking_pattern(self):
+        # Each match is cut at 50 ms of CPU: 100 equal candidates make a 5 s scan.
+        for i in range(100):
+            self.proc.add(FAKE_PID + i, oom_score=900, cmdline=b'a' * 60 + b'!\0')
         self.proc.meminfo(total_kib=8 * GIB, avail_kib=700 * MIB)
         d, lines = self.start('--match', 'cmdline', '--ignore', BACKTRACKING)
-        time.sleep(2)                                     # deep inside the match by now
+        time.sleep(2)
+        self.assertFalse([l for l in lines if 'ready' in l])   # still in the start-up scan
         took = self.stop_time_s(d)
         sys.stderr.write('[SIGTERM during a scan: exited after %s s] ' % took)
         self.assertIsNotNone(took, 'still running 5 s after SIGTERM')
