@@ -96,6 +96,11 @@ HELPER_TIMEOUT_S = 10.0      # then the helper's process group is killed
 BEFORE_HOOK_BUDGET_S = 2.0   # -P: the kill waits at most this long
 WARN_EVERY_S = 60.0          # --warn: at most one warning per minute
 
+# --metrics-file: rewritten at least this often, so a stale file means a dead
+# bustd; a failing write is logged at most once per METRICS_WARN_EVERY_S.
+METRICS_EVERY_S = 60.0
+METRICS_WARN_EVERY_S = 3600.0
+
 # PSI trigger: wake when tasks stall on memory for 150 ms within 1 s.
 # Unprivileged writers may only use windows that are multiples of 2 s.
 PSI_TRIGGERS = (b'some 150000 1000000', b'some 300000 2000000')
@@ -724,6 +729,13 @@ def parse_proc_cgroup(text):
     return found
 
 
+def _cgroup_dir(mountpoint, root, inner):
+    """Return the directory of cgroup `inner` (from /proc/PID/cgroup) under a mount of `root`."""
+    if root != '/' and inner.startswith(root):
+        inner = inner[len(root):]
+    return os.path.normpath(mountpoint + '/' + inner.lstrip('/'))
+
+
 def cgroup_version(path):
     """Return 2 or 1 if path is a cgroup directory with the memory controller, else None."""
     if os.path.isfile(path + '/memory.current') or os.path.isfile(path + '/memory.max'):
@@ -747,11 +759,7 @@ def resolve_cgroup(spec, proc='/proc', sys_fs='/sys'):
             'utf-8', 'replace'))
         for key in ('v2', 'v1'):
             if key in own and key in mounts:
-                mountpoint, root = mounts[key]
-                inner = own[key]
-                if root != '/' and inner.startswith(root):
-                    inner = inner[len(root):]
-                path = os.path.normpath(mountpoint + '/' + inner.lstrip('/'))
+                path = _cgroup_dir(mounts[key][0], mounts[key][1], own[key])
                 if cgroup_version(path):
                     return path, cgroup_version(path)
         raise ValueError("found no memory cgroup of bustd's own in %s/self/cgroup; give "
@@ -1107,6 +1115,30 @@ def decide(reading, th):
             and avail <= th.psi_mem_max_kib):
         return signal.SIGTERM
     return 0
+
+
+# The rules decision_rule() names: the "rule" label of bustd_kills_total.
+KILL_RULES = ('memory', 'swap', 'pressure')
+
+
+def decision_rule(reading, th):
+    """Return which rule calls for a signal now: 'memory', 'swap', 'pressure' or None.
+
+    'memory': available memory is low and there is no swap to consider;
+    'swap': available memory and free swap are both low; 'pressure': the
+    PSI rule alone.  The one place that names a decision (metrics, logs).
+    """
+    sig = decide(reading, th)
+    if not sig:
+        return None
+    avail = reading.mem_available_kib
+    if avail <= (th.mem_kill_kib if sig == signal.SIGKILL else th.mem_term_kib):
+        if reading.swap_total_kib == 0:
+            return 'memory'
+        swap_level = th.swap_kill_kib if sig == signal.SIGKILL else th.swap_term_kib
+        if reading.swap_free_kib <= swap_level:
+            return 'swap'
+    return 'pressure'
 
 
 def describe_trigger(reading, th):
@@ -1514,6 +1546,7 @@ class Target(object):
         self.pgrp = pgrp
         self.fds = {}
         self.error = None    # errno of the last failed signal
+        self.cgroup = None   # a CgroupTarget's directory
 
     def open(self):
         """Take hold of the members; return False if none is still the scanned process."""
@@ -1630,6 +1663,165 @@ class Target(object):
         for fd in self.fds.values():
             os.close(fd)
         self.fds = {}
+
+
+# --kill-cgroup: the victim's whole leaf cgroup (a service, an app scope, a
+# container).  cgroup v2's cgroup.kill (Linux 5.14) SIGKILLs every member at
+# once, forks included; elsewhere each member of cgroup.procs is signalled
+# through its pidfd.  SIGTERM always goes member by member (cgroup.kill only
+# knows SIGKILL).
+
+def victim_cgroup(proc, pid, version=None):
+    """Return (directory, mountpoint, version) of pid's cgroup, or None.
+
+    The v2 hierarchy is used where it is mounted and pid is not in its root
+    (hybrid hosts keep services in the v1 memory hierarchy only), else the
+    v1 memory hierarchy; `version` (the watched --cgroup's) forces one.
+    """
+    mounts = parse_mountinfo_cgroups(
+        (read_file(proc + '/self/mountinfo', 1 << 20) or b'').decode('utf-8', 'replace'))
+    inner = parse_proc_cgroup(
+        (read_file('%s/%s/cgroup' % (proc, pid)) or b'').decode('utf-8', 'replace'))
+    keys = ('v2', 'v1') if version is None else ('v%d' % version,)
+    found = None
+    for key in keys:
+        if key in mounts and key in inner:
+            mountpoint, root = mounts[key]
+            found = (_cgroup_dir(mountpoint, root, inner[key]), mountpoint, int(key[1]))
+            if found[0] != os.path.normpath(mountpoint):
+                return found
+    return found     # the root cgroup (refused), or None
+
+
+def cgroup_kill_refusal(path, mountpoint, own_dir, watched_dir, members, has_children):
+    """Return why cgroup `path` may not be killed as a whole, or None.
+
+    `members` are its processes (classified Process records), `own_dir`
+    bustd's own cgroup in the same hierarchy, `watched_dir` the --cgroup root.
+    """
+    path = os.path.normpath(path)
+    if path == os.path.normpath(mountpoint):
+        return 'it is the root cgroup'
+    if os.path.basename(path) == 'init.scope':
+        return 'it is init.scope'
+    if own_dir is not None and (own_dir == path or own_dir.startswith(path + '/')):
+        return "it holds bustd itself (bustd's cgroup is %s)" % own_dir
+    if watched_dir is not None and os.path.normpath(watched_dir) == path:
+        return 'it is the watched --cgroup root'
+    if has_children:
+        return 'it is not a leaf (it has child cgroups)'
+    for m in members:
+        if m.pid == 1 or (m.never and m.never != 'exiting') or m.protected:
+            return 'it holds %d %s (%s)' % (m.pid, printable(m.name), m.protected or m.never)
+    return None
+
+
+def cgroup_pids(path):
+    """Return the pids listed in path/cgroup.procs ([] if unreadable)."""
+    data = read_file(path + '/cgroup.procs', 1 << 20) or b''
+    return [int(x) for x in data.split() if x.isdigit()]
+
+
+def has_child_cgroups(path):
+    """Return True if the cgroup directory has child cgroups."""
+    try:
+        names = os.listdir(path)
+    except OSError:
+        return False
+    return any(os.path.isfile(os.path.join(path, n, 'cgroup.procs')) for n in names)
+
+
+def make_cgroup_target(victim, calls, proc, policy, watched_dir=None, version=None):
+    """Return (CgroupTarget, None) for the victim's leaf cgroup, or (None, why not)."""
+    found = victim_cgroup(proc, victim.pid, version)
+    if found is None:
+        return None, 'its cgroup is unknown (no cgroup hierarchy in %s/%d/cgroup)' % (
+            proc, victim.pid)
+    path, mountpoint, version = found
+    own = victim_cgroup(proc, 'self', version)
+    page_kib = os.sysconf('SC_PAGE_SIZE') // 1024
+    members = []
+    for pid in cgroup_pids(path):
+        p = read_process(proc, pid, page_kib)
+        if p is not None:
+            policy.classify(p)
+            members.append(p)
+    refusal = cgroup_kill_refusal(path, mountpoint, own and own[0], watched_dir, members,
+                                  has_child_cgroups(path))
+    if refusal is None and victim.pid not in set(m.pid for m in members):
+        refusal = 'pid %d is not listed in its cgroup.procs' % victim.pid
+    if refusal is not None:
+        return None, '%s: %s' % (path, refusal)
+    members = [m for m in members if m.never != 'exiting']
+    return CgroupTarget(victim, calls, proc, members, path, version), None
+
+
+class CgroupTarget(Target):
+    """The victim's whole leaf cgroup: every member held by a pidfd, SIGKILL by cgroup.kill."""
+
+    def __init__(self, victim, calls, proc, members, path, version):
+        Target.__init__(self, victim, calls, proc, members)
+        self.cgroup = path
+        self.version = version
+        self.used_cgroup_kill = False
+
+    def send(self, sig):
+        """Signal every live member; return False if none was left."""
+        if not self.alive_count():
+            self.error = errno.ESRCH
+            return False
+        if sig == signal.SIGKILL and self.version == 2:
+            try:
+                fd = os.open(self.cgroup + '/cgroup.kill', os.O_WRONLY | os.O_CLOEXEC)
+                try:
+                    os.write(fd, b'1')
+                finally:
+                    os.close(fd)
+                self.used_cgroup_kill = True
+                return True
+            except OSError:
+                pass     # Linux < 5.14: no cgroup.kill; one by one below
+        sent = False
+        for m in self.members:
+            if not self.is_alive(m):
+                continue
+            fd = self.fds.get(m.pid)
+            try:
+                if fd is not None:
+                    self.calls.pidfd_send_signal(fd, sig)
+                elif self.calls.pidfd_open is None and same_process(self.proc, m.pid,
+                                                                    m.starttime):
+                    os.kill(m.pid, sig)
+                else:
+                    continue
+                sent = True
+            except OSError as exc:
+                self.error = exc.errno
+        return sent
+
+    def adopt_stragglers(self):
+        """Take hold of members that joined (forked) after the scan; return how many."""
+        known = set(m.pid for m in self.members)
+        page_kib = os.sysconf('SC_PAGE_SIZE') // 1024
+        added = 0
+        for pid in cgroup_pids(self.cgroup):
+            if pid in known:
+                continue
+            p = read_process(self.proc, pid, page_kib)
+            if p is None or p.never == 'exiting':
+                continue     # a zombie stays listed until its parent reaps it
+            if self.calls.pidfd_open is not None:
+                try:
+                    fd = self.calls.pidfd_open(pid)
+                except OSError:
+                    continue
+                if not same_process(self.proc, pid, p.starttime):
+                    os.close(fd)
+                    continue
+                self.fds[pid] = fd
+            self.members.append(p)
+            added += 1
+        return added
 
 
 def _fd_readable(fd, timeout_ms):
@@ -2039,6 +2231,115 @@ def _gid_of(uid):
         return pwd.getpwuid(uid).pw_gid
     except (ImportError, KeyError):
         return uid
+
+
+# --metrics-file: the Prometheus text exposition format, for node_exporter's
+# textfile collector.  Written only from the main loop, after a victim is
+# gone, never between a decision and its signal.
+
+def prom_label_value(text):
+    """Return text escaped for a label value: backslash, double quote and newline."""
+    return str(text).replace('\\', '\\\\').replace('"', '\\"').replace('\n', '\\n')
+
+
+def prom_number(value):
+    """Return a sample value: integers plainly, floats in repr, NaN for None."""
+    if value is None:
+        return 'NaN'
+    if isinstance(value, int):
+        return str(value)
+    return repr(float(value))
+
+
+class Metrics(object):
+    """What --metrics-file reports: kills by signal and rule, the last kill, the reading."""
+
+    def __init__(self, path, mode, clock=time.time):
+        self.path = path
+        self.mode = mode                  # 'machine' or 'cgroup'
+        self.clock = clock
+        self.start_time_s = clock()
+        self.kills = dict(((sig, rule), 0) for sig in ('SIGTERM', 'SIGKILL')
+                          for rule in KILL_RULES)
+        self.last_kill_s = 0.0
+        self.last_decision_s = 0.0
+        self.next_write_s = 0.0           # monotonic: the next periodic write
+        self.next_warning_s = 0.0
+        self.failing = False
+
+    def count_kill(self, sig, rule, decision_s):
+        """Record one kill: its last signal, the rule that called for it, the latency (s)."""
+        key = (SIGNAL_NAMES.get(sig, str(sig)), rule or 'memory')
+        self.kills[key] = self.kills.get(key, 0) + 1
+        self.last_kill_s = self.clock()
+        self.last_decision_s = decision_s
+
+    def render(self, reading, th, up=1):
+        """Return the exposition text for this reading and thresholds."""
+        families = [
+            ('bustd_up', 'gauge', '1 while bustd runs, 0 after a clean stop.', [('', up)]),
+            ('bustd_info', 'gauge', 'Version and mode (machine or cgroup) of bustd.',
+             [('{version="%s",mode="%s"}' % (prom_label_value(__version__),
+                                              prom_label_value(self.mode)), 1)]),
+            ('bustd_start_time_seconds', 'gauge', 'Start time of bustd, seconds since the epoch.',
+             [('', round(self.start_time_s, 3))]),
+            ('bustd_kills_total', 'counter', 'Victims killed, by the last signal sent and the '
+             'rule that called for it.',
+             [('{signal="%s",rule="%s"}' % (prom_label_value(sig), prom_label_value(rule)), n)
+              for (sig, rule), n in sorted(self.kills.items())]),
+            ('bustd_last_kill_timestamp_seconds', 'gauge',
+             'Time of the last kill, seconds since the epoch (0: none yet).',
+             [('', round(self.last_kill_s, 3))]),
+            ('bustd_last_kill_decision_seconds', 'gauge', 'Decision latency of the last kill: '
+             'from the reading that called for it to the first signal.',
+             [('', round(self.last_decision_s, 6))]),
+            ('bustd_memory_available_bytes', 'gauge', 'Available memory (MemAvailable, or the '
+             "cgroup's limit - usage + page cache).", [('', reading.mem_available_kib * 1024)]),
+            ('bustd_swap_free_bytes', 'gauge', 'Free swap.', [('', reading.swap_free_kib * 1024)]),
+            ('bustd_level_bytes', 'gauge', 'Available-memory level at which each signal is sent.',
+             [('{signal="SIGTERM"}', th.mem_term_kib * 1024),
+              ('{signal="SIGKILL"}', th.mem_kill_kib * 1024)]),
+        ]
+        if reading.psi_some_avg10 is not None:
+            families.append(('bustd_psi_some_avg10', 'gauge', 'Memory pressure: PSI "some" '
+                             'avg10, in percent.', [('', reading.psi_some_avg10)]))
+        lines = []
+        for name, kind, text, samples in families:
+            lines.append('# HELP %s %s' % (name, text))
+            lines.append('# TYPE %s %s' % (name, kind))
+            lines += ['%s%s %s' % (name, labels, prom_number(value)) for labels, value in samples]
+        return '\n'.join(lines) + '\n'
+
+    def write(self, text, log, now_s):
+        """Replace the file atomically (temp file in its directory + rename); True if written.
+
+        A failure is one warning, repeated at most once per METRICS_WARN_EVERY_S.
+        """
+        tmp = '%s.%d.tmp' % (self.path, os.getpid())
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            try:
+                os.fchmod(fd, 0o644)    # readable by node_exporter whatever our umask
+                os.write(fd, text.encode('utf-8'))
+            finally:
+                os.close(fd)
+            os.rename(tmp, self.path)
+        except OSError as exc:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            if now_s >= self.next_warning_s:
+                self.next_warning_s = now_s + METRICS_WARN_EVERY_S
+                log.warning('--metrics-file: cannot write %s (%s); retrying every minute, '
+                            'warning at most once an hour' % (self.path, exc.strerror))
+            self.failing = True
+            return False
+        if self.failing:
+            self.failing = False
+            self.next_warning_s = 0.0
+            log.info('--metrics-file: writing %s again' % self.path)
+        return True
 
 
 # ============================================================================
@@ -2484,6 +2785,7 @@ class Daemon(object):
         self.next_no_victim_log = 0.0
         self.kills = 0
         self.event_fd_hook = None   # called with new thresholds (cgroup v1 events)
+        self.metrics = None         # --metrics-file: a Metrics
 
     # -- readings -------------------------------------------------------
     def start(self):
@@ -2532,6 +2834,10 @@ class Daemon(object):
         if self.settings.report_interval_s and now >= self.next_report:
             self.next_report = now + self.settings.report_interval_s
             self.log.info(self.report_line())
+            if self.metrics is not None:
+                self.write_metrics(now)
+        if self.metrics is not None and now >= self.metrics.next_write_s:
+            self.write_metrics(now)
         delay = sleep_time_s(r, th)
         if self.log.verbose:
             self.log.debug('poll: %s mem_available=%s%s psi_some=%s -> nothing; next in %.0f ms'
@@ -2549,6 +2855,12 @@ class Daemon(object):
             percent_of(r.mem_available_kib, r.mem_total_kib), format_kib(r.swap_free_kib),
             format_kib(r.swap_total_kib), percent_of(r.swap_free_kib, r.swap_total_kib),
             '' if r.psi_some_avg10 is None else ', psi some avg10: %.2f' % r.psi_some_avg10)
+
+    def write_metrics(self, now, up=1):
+        """--metrics-file: write an exact reading now; the next periodic write a minute on."""
+        self.sensor.read_exact(self.reading, self.th)
+        self.metrics.next_write_s = now + METRICS_EVERY_S
+        return self.metrics.write(self.metrics.render(self.reading, self.th, up), self.log, now)
 
     # -- acting -------------------------------------------------------------
     def act(self, sig, now):
@@ -2579,7 +2891,7 @@ class Daemon(object):
         if s.dry_run:
             self.next_dry_run_log = now + DRY_RUN_LOG_EVERY_S
             self.log.warning('dry run, no signal sent: ' + kill_line(sig, victim, trigger,
-                                                                    target.pgrp))
+                                                                    target.pgrp, target.cgroup))
             self.log.info('dry run: chose pid %d because: %s' % (
                 victim.pid, describe_victim(victim, skipped, s.sort_by_rss)))
             return sleep_time_s(self.reading, self.th)
@@ -2599,8 +2911,12 @@ class Daemon(object):
             trigger = describe_trigger(self.reading, self.th)
             fields = victim_fields(victim, sig, self.reading, self.user_name)
 
+        rule = decision_rule(self.reading, self.th)
+        signalled_at = [now]
+
         def announce():
-            self.log.warning(kill_line(sig, victim, trigger, target.pgrp))
+            signalled_at[0] = self.clock()
+            self.log.warning(kill_line(sig, victim, trigger, target.pgrp, target.cgroup))
             self.log.debug('chose pid %d because: %s' % (
                 victim.pid, describe_victim(victim, skipped, s.sort_by_rss)))
         try:
@@ -2614,6 +2930,8 @@ class Daemon(object):
                                                     result.note))
             return KILL_POLL_S if target.error == errno.ESRCH else NO_VICTIM_RETRY_S
         self.kills += 1
+        if self.metrics is not None:
+            self.metrics.count_kill(result.signal, rule, signalled_at[0] - now)
         if result.exited:
             self.sensor.read_exact(self.reading, self.th)
             self.log.info('exited: pid=%d name="%s" signal=%s after=%.2fs mem_available=%.1f%%'
@@ -2626,10 +2944,21 @@ class Daemon(object):
                 self.notifier.after_kill(fields)
         else:
             self.log.warning('pid %d %s: %s' % (victim.pid, printable(victim.name), result.note))
+        if self.metrics is not None:     # the victim is gone: writing delays nothing now
+            self.write_metrics(self.clock())
         return 0.0
 
     def make_target(self, victim):
-        """Return the Target: the victim, or its process group with -g when that is safe."""
+        """Return the Target: the victim, or its cgroup/process group when that is safe."""
+        if self.settings.kill_cgroup:
+            target, refusal = make_cgroup_target(
+                victim, self.calls, self.settings.proc, self.policy,
+                getattr(self.sensor, 'path', None), getattr(self.sensor, 'version', None))
+            if target is not None:
+                return target
+            self.log.warning('--kill-cgroup: not killing cgroup %s; killing pid %d alone'
+                             % (refusal, victim.pid))
+            return Target(victim, self.calls, self.settings.proc)
         if not self.settings.kill_pgroup:
             return Target(victim, self.calls, self.settings.proc)
         members = [p for p in scan_processes(self.settings.proc, self.policy)
@@ -2690,6 +3019,8 @@ class Daemon(object):
         name = {signal.SIGTERM: 'SIGTERM', signal.SIGINT: 'SIGINT'}.get(
             self.flags.stop, str(self.flags.stop))
         self.log.info('%s received: exiting after %d kill(s)' % (name, self.kills))
+        if self.metrics is not None:
+            self.write_metrics(self.clock(), up=0)
         return EXIT_OK
 
 
@@ -2702,11 +3033,12 @@ def describe_exception(exc):
     return '%s: %s%s' % (type(exc).__name__, exc, where)
 
 
-def kill_line(sig, victim, trigger, pgrp=None):
+def kill_line(sig, victim, trigger, pgrp=None, cgroup=None):
     """Return the one greppable log line of a kill."""
-    return ('kill: %s %spid=%d uid=%d name="%s" oom_score=%d oom_score_adj=%d rss=%s '
+    return ('kill: %s %s%spid=%d uid=%d name="%s" oom_score=%d oom_score_adj=%d rss=%s '
             'cmdline="%s" %s' % (
                 SIGNAL_NAMES.get(sig, sig), '' if pgrp is None else 'pgrp=%d ' % pgrp,
+                '' if cgroup is None else 'cgroup=%s ' % printable(cgroup),
                 victim.pid, victim.uid, printable(victim.name), victim.oom_score,
                 victim.oom_score_adj, format_kib(victim.rss_kib).replace(' ', ''),
                 printable(victim.cmdline or '', 300).replace('"', '\\"'), trigger))
@@ -2748,6 +3080,7 @@ class Settings(object):
         self.match = 'name'
         self.sort_by_rss = False
         self.kill_pgroup = False
+        self.kill_cgroup = False
         self.list = False
         self.notify = False
         self.notify_title = DEFAULT_NOTIFY_TITLE
@@ -2763,6 +3096,7 @@ class Settings(object):
         self.verbose = False
         self.report_interval_s = 0.0
         self.dry_run = False
+        self.metrics_file = None
         self.proc = '/proc'
         self.sys_fs = '/sys'
         self.run_root = '/run'
@@ -2976,6 +3310,11 @@ def build_parser():
     g.add_argument('-g', '--kill-pgroup', action='store_true',
                    help="signal the victim's whole process group (refused for a group "
                         "with PID 1, bustd, bustd's session or a protected process)")
+    g.add_argument('--kill-cgroup', action='store_true',
+                   help="kill the victim's whole leaf cgroup (a service, an app scope, a "
+                        "container): cgroup.kill, else every member; refused for the root "
+                        "cgroup, init.scope, bustd's own, the --cgroup root or one holding "
+                        "a protected process")
     g.add_argument('--list', '--tasks', dest='list', action='store_true',
                    help='print who would be killed, in order, and exit')
 
@@ -3008,6 +3347,9 @@ def build_parser():
         _seconds, 'SECONDS'), default=0.0, help='log a memory line every SECONDS (0 = off)')
     g.add_argument('--dry-run', '--dryrun', dest='dry_run', action='store_true',
                    help='do everything but send signals (logged at most once a second)')
+    g.add_argument('--metrics-file', metavar='PATH',
+                   help='write Prometheus metrics here (node_exporter textfile collector): '
+                        'at start, after each kill, with -r, and every minute')
     g.add_argument('--proc', metavar='DIR', default='/proc',
                    help='read processes and memory from DIR (e.g. a host /proc mounted in '
                         'a container)')
@@ -3054,6 +3396,7 @@ def parse_settings(argv):
     s.match = args.match
     s.sort_by_rss = args.sort_by_rss
     s.kill_pgroup = args.kill_pgroup
+    s.kill_cgroup = args.kill_cgroup
     s.list = args.list
     s.notify = args.notify
     s.notify_title = args.notify_title or DEFAULT_NOTIFY_TITLE
@@ -3067,9 +3410,12 @@ def parse_settings(argv):
     s.verbose = args.verbose
     s.report_interval_s = args.report_interval
     s.dry_run = args.dry_run
+    s.metrics_file = args.metrics_file and os.path.abspath(args.metrics_file)
     # Absolute: a daemon changes to / before it reads them.
     s.proc = os.path.abspath(args.proc)
     s.sys_fs = os.path.abspath(args.sys_fs)
+    if s.kill_pgroup and s.kill_cgroup:
+        raise UsageError('-g/--kill-pgroup and --kill-cgroup: choose one')
     if s.log_file and s.syslog:
         raise UsageError('--log-file and --syslog: choose one log destination')
     if (args.notify_title or args.notify_body) and not s.notify:
@@ -3149,6 +3495,8 @@ def startup_lines(settings, sensor, th, calls, features):
     victims = 'victims: %s' % ('largest RSS' if s.sort_by_rss else 'highest oom_score')
     if s.kill_pgroup:
         victims += ', whole process group (-g)'
+    if s.kill_cgroup:
+        victims += ', whole leaf cgroup (--kill-cgroup)'
     if s.match == 'cmdline':
         victims += '; patterns see the command line'
     lines.append(victims)
@@ -3172,6 +3520,9 @@ def startup_lines(settings, sensor, th, calls, features):
             s.exec_before or 'none', s.exec_after or 'none'))
     if s.report_interval_s:
         lines.append('reporting memory every %g s' % s.report_interval_s)
+    if s.metrics_file:
+        lines.append('metrics: %s (Prometheus text format), at least every %g s'
+                     % (s.metrics_file, METRICS_EVERY_S))
     if s.dry_run:
         lines.append('DRY RUN: no signal will be sent')
     return lines
@@ -3326,6 +3677,9 @@ def serve(settings, sensor, policy, calls, caps, log, warnings, environ, report_
     for line in startup_lines(settings, sensor, daemon.th, calls, features):
         log.info(line)
     log.info('ready: watching (SIGUSR1 logs a status, SIGTERM stops)')
+    if settings.metrics_file:
+        daemon.metrics = Metrics(settings.metrics_file, sensor.kind)
+        daemon.write_metrics(daemon.clock())
     service.notify('READY=1\nSTATUS=watching: %s\nMAINPID=%d' % (
         describe_levels(daemon.th), os.getpid()))
     if report_fd is not None:
