@@ -3676,10 +3676,10 @@ def serve(settings, sensor, policy, calls, caps, log, warnings, environ, report_
     features['mlock'] = lock_memory(calls, caps, log)
     for line in startup_lines(settings, sensor, daemon.th, calls, features):
         log.info(line)
-    log.info('ready: watching (SIGUSR1 logs a status, SIGTERM stops)')
     if settings.metrics_file:
         daemon.metrics = Metrics(settings.metrics_file, sensor.kind)
         daemon.write_metrics(daemon.clock())
+    log.info('ready: watching (SIGUSR1 logs a status, SIGTERM stops)')
     service.notify('READY=1\nSTATUS=watching: %s\nMAINPID=%d' % (
         describe_levels(daemon.th), os.getpid()))
     if report_fd is not None:

@@ -8,6 +8,7 @@ memory cgroup of their own, with a small limit.
 """
 import errno
 import os
+import re
 import shutil
 import signal
 import socket
@@ -2532,6 +2533,350 @@ class HooksInTheLoopTest(TempDirTest):
         self.assertEqual(sorted(-reap(c) for c in (first, second)), [signal.SIGTERM] * 2)
         self.assertEqual(sink.text().count('exited: pid='), 2)
         self.assertIn('helpers still running (-N hook): not starting -N hook', sink.text())
+
+
+# ----------------------------------------------------------------------------
+# --metrics-file: Prometheus text exposition format
+# ----------------------------------------------------------------------------
+
+_METRIC_NAME = re.compile(r'[a-zA-Z_:][a-zA-Z0-9_:]*\Z')
+_LABEL_NAME = re.compile(r'[a-zA-Z_][a-zA-Z0-9_]*\Z')
+_TYPES = ('counter', 'gauge', 'histogram', 'summary', 'untyped')
+
+
+def parse_exposition(text):
+    """Parse the Prometheus text format strictly; return {(name, labels): value}, {name: type}.
+
+    Raises ValueError for anything the format forbids or node_exporter would
+    reject: bad names, a TYPE after its samples or twice, a family split in
+    two, bad label escapes, duplicate label names or series, a counter not
+    named *_total, a value that is not a float, no final newline, HELP or
+    TYPE missing for a family (our own rule: every family is documented).
+    """
+    if not text.endswith('\n'):
+        raise ValueError('no newline at the end')
+    samples, types, helps, done, current = {}, {}, {}, set(), None
+    for number, line in enumerate(text[:-1].split('\n'), 1):
+        where = 'line %d: %r' % (number, line)
+        if line.startswith('#'):
+            parts = line.split(' ', 3)
+            if len(parts) < 3 or parts[0] != '#' or parts[1] not in ('HELP', 'TYPE'):
+                continue     # a plain comment
+            name = parts[2]
+            if not _METRIC_NAME.match(name):
+                raise ValueError('bad metric name: ' + where)
+            if name in done or name in (types if parts[1] == 'TYPE' else helps):
+                raise ValueError('%s repeated or after its samples: %s' % (parts[1], where))
+            if parts[1] == 'TYPE':
+                if len(parts) != 4 or parts[3] not in _TYPES:
+                    raise ValueError('bad type: ' + where)
+                types[name] = parts[3]
+            else:
+                help_text = parts[3] if len(parts) == 4 else ''
+                if re.search(r'\\[^\\n]', help_text.replace('\\\\', '')):
+                    raise ValueError('bad escape in HELP: ' + where)
+                helps[name] = help_text
+            if current is not None and current != name:
+                done.add(current)
+            current = name
+            continue
+        if not line.strip():
+            raise ValueError('empty line: ' + where)
+        m = re.match(r'([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})? (\S+)( -?\d+)?\Z', line)
+        if not m:
+            raise ValueError('bad sample line: ' + where)
+        name, label_text, value = m.group(1), m.group(2), m.group(3)
+        family = name
+        if family not in types:
+            raise ValueError('sample without TYPE: ' + where)
+        if family in done:
+            raise ValueError('family split in two: ' + where)
+        if current != family:
+            if current is not None:
+                done.add(current)
+            current = family
+        labels = parse_labels(label_text[1:-1] if label_text else '', where)
+        if types[family] == 'counter' and not name.endswith('_total'):
+            raise ValueError('counter not named *_total: ' + where)
+        if value not in ('NaN', '+Inf', '-Inf'):
+            try:
+                float(value)
+            except ValueError:
+                raise ValueError('bad value: ' + where)
+            if not re.match(r'[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\Z', value):
+                raise ValueError('bad value: ' + where)
+        key = (name, tuple(sorted(labels.items())))
+        if key in samples:
+            raise ValueError('duplicate series: ' + where)
+        samples[key] = float(value)
+    for name in types:
+        if name not in helps:
+            raise ValueError('no HELP for ' + name)
+    for name in helps:
+        if name not in types:
+            raise ValueError('no TYPE for ' + name)
+    return samples, types
+
+
+def parse_labels(text, where):
+    """Parse 'a="x",b="y"' with the format's escapes (\\\\, \\", \\n); return a dict."""
+    labels, i = {}, 0
+    while i < len(text):
+        m = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="').match(text, i)
+        if not m:
+            raise ValueError('bad label name: ' + where)
+        name, i, value = m.group(1), m.end(), ''
+        while True:
+            if i >= len(text):
+                raise ValueError('unterminated label value: ' + where)
+            c = text[i]
+            if c == '\\':
+                nxt = text[i + 1:i + 2]
+                if nxt not in ('\\', '"', 'n'):
+                    raise ValueError('bad escape in a label value: ' + where)
+                value += '\n' if nxt == 'n' else nxt
+                i += 2
+            elif c == '"':
+                i += 1
+                break
+            elif c == '\n':
+                raise ValueError('raw newline in a label value: ' + where)
+            else:
+                value += c
+                i += 1
+        if name in labels or name.startswith('__'):
+            raise ValueError('duplicate or reserved label %s: %s' % (name, where))
+        labels[name] = value
+        if i < len(text):
+            if text[i] != ',':
+                raise ValueError('expected a comma: ' + where)
+            i += 1
+    return labels
+
+
+class ExpositionParserTest(unittest.TestCase):
+    """The strict parser itself: it must reject what the format forbids."""
+
+    GOOD = ('# HELP a_total Things.\n# TYPE a_total counter\n'
+            'a_total{x="1",y="q\\"\\\\\\n"} 3\na_total{x="2"} 0\n'
+            '# HELP b B.\n# TYPE b gauge\nb NaN\n')
+
+    def test_accepts_the_format(self):
+        samples, types = parse_exposition(self.GOOD)
+        self.assertEqual(samples[('a_total', (('x', '1'), ('y', 'q"\\\n')))], 3)
+        self.assertEqual(types, {'a_total': 'counter', 'b': 'gauge'})
+
+    def test_rejects(self):
+        head = '# HELP b B.\n# TYPE b gauge\n'
+        cases = [
+            ('no final newline', head + 'b 1'),
+            ('sample before TYPE', 'b 1\n' + head),
+            ('duplicate series', head + 'b{x="1"} 1\nb{x="1"} 2\n'),
+            ('bad escape', head + 'b{x="\\t"} 1\n'),
+            ('unterminated', head + 'b{x="1} 1\n'),
+            ('bad metric name', '# HELP 1b B.\n# TYPE 1b gauge\n1b 1\n'),
+            ('bad label name', head + 'b{1x="1"} 1\n'),
+            ('duplicate label', head + 'b{x="1",x="2"} 1\n'),
+            ('bad value', head + 'b one\n'),
+            ('bad type', '# HELP b B.\n# TYPE b gauges\nb 1\n'),
+            ('TYPE twice', head + '# TYPE b gauge\nb 1\n'),
+            ('family split', head + 'b 1\n# HELP c C.\n# TYPE c gauge\nc 1\nb{x="2"} 1\n'),
+            ('counter name', '# HELP c C.\n# TYPE c counter\nc 1\n'),
+            ('no HELP', '# TYPE b gauge\nb 1\n'),
+            ('empty line', head + '\nb 1\n'),
+        ]
+        for why, text in cases:
+            with self.subTest(why=why):
+                self.assertRaises(ValueError, parse_exposition, text)
+
+
+class MetricsTest(TempDirTest):
+    """--metrics-file: what is written, when, and that it never costs a kill."""
+
+    FAMILIES = ('bustd_up', 'bustd_info', 'bustd_kills_total', 'bustd_last_kill_timestamp_seconds',
+                'bustd_memory_available_bytes', 'bustd_swap_free_bytes', 'bustd_psi_some_avg10',
+                'bustd_level_bytes', 'bustd_start_time_seconds',
+                'bustd_last_kill_decision_seconds')
+
+    def test_label_values_are_escaped(self):
+        for raw, escaped in (('plain', 'plain'), ('a"b', 'a\\"b'), ('a\\b', 'a\\\\b'),
+                             ('a\nb', 'a\\nb'), ('\\"\n', '\\\\\\"\\n')):
+            with self.subTest(raw=raw):
+                self.assertEqual(bustd.prom_label_value(raw), escaped)
+
+    def test_every_family_with_the_reading(self):
+        m = bustd.Metrics(os.path.join(self.tmp, 'bustd.prom'), 'machine', clock=lambda: 1700.5)
+        r = reading(total=8 * GIB, avail=3 * GIB, swap_total=2 * GIB, swap_free=GIB, psi=1.25)
+        th = bustd.compute_thresholds(settings(self.proc), 8 * GIB, 2 * GIB)
+        samples, types = parse_exposition(m.render(r, th))
+        self.assertEqual(sorted(types), sorted(self.FAMILIES))
+        self.assertEqual(samples[('bustd_up', ())], 1)
+        self.assertEqual(samples[('bustd_info', (('mode', 'machine'),
+                                                 ('version', bustd.__version__)))], 1)
+        self.assertEqual(samples[('bustd_memory_available_bytes', ())], 3 << 30)
+        self.assertEqual(samples[('bustd_swap_free_bytes', ())], 1 << 30)
+        self.assertEqual(samples[('bustd_psi_some_avg10', ())], 1.25)
+        self.assertEqual(samples[('bustd_level_bytes', (('signal', 'SIGTERM'),))],
+                         th.mem_term_kib * 1024)
+        self.assertEqual(samples[('bustd_level_bytes', (('signal', 'SIGKILL'),))],
+                         th.mem_kill_kib * 1024)
+        self.assertEqual(samples[('bustd_start_time_seconds', ())], 1700.5)
+        # Every signal x rule series exists from the start, so increase() sees the first kill.
+        kills = dict((k[1], v) for k, v in samples.items() if k[0] == 'bustd_kills_total')
+        self.assertEqual(len(kills), 2 * len(bustd.KILL_RULES))
+        self.assertEqual(set(kills.values()), {0})
+        self.assertEqual(types['bustd_kills_total'], 'counter')
+
+    def test_no_psi_family_without_psi_and_mode_label_escaped(self):
+        m = bustd.Metrics(os.path.join(self.tmp, 'bustd.prom'), 'cgr"oup\\\n')
+        th = bustd.compute_thresholds(settings(self.proc), 8 * GIB, 0)
+        samples, types = parse_exposition(m.render(reading(), th, up=0))
+        self.assertNotIn('bustd_psi_some_avg10', types)
+        self.assertEqual(samples[('bustd_up', ())], 0)
+        self.assertIn(('bustd_info', (('mode', 'cgr"oup\\\n'), ('version', bustd.__version__))),
+                      samples)
+
+    def test_write_is_atomic_and_world_readable(self):
+        path = os.path.join(self.tmp, 'bustd.prom')
+        m = bustd.Metrics(path, 'machine')
+        log, sink = make_log()
+        old = os.umask(0o077)       # bustd.service runs with UMask=0077
+        try:
+            self.assertTrue(m.write('# HELP a A.\n# TYPE a gauge\na 1\n', log, 0.0))
+        finally:
+            os.umask(old)
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o644)
+        self.assertEqual([n for n in os.listdir(self.tmp) if 'tmp' in n], [])
+        # The rename replaces the file: a reader holding the old one keeps it whole.
+        with open(path) as reader:
+            m.write('# HELP a A.\n# TYPE a gauge\na 2\n', log, 0.0)
+            self.assertEqual(reader.read(), '# HELP a A.\n# TYPE a gauge\na 1\n')
+        self.assertEqual(read_text(path), '# HELP a A.\n# TYPE a gauge\na 2\n')
+
+    def test_failing_write_is_one_throttled_warning(self):
+        m = bustd.Metrics(os.path.join(self.tmp, 'missing', 'bustd.prom'), 'machine')
+        log, sink = make_log()
+        self.assertFalse(m.write('x\n', log, 100.0))
+        self.assertFalse(m.write('x\n', log, 200.0))
+        self.assertEqual(len([1 for p, _ in sink.lines if p == 4]), 1)
+        self.assertIn('cannot write', sink.text())
+        self.assertFalse(m.write('x\n', log, 100.0 + bustd.METRICS_WARN_EVERY_S))
+        self.assertEqual(len([1 for p, _ in sink.lines if p == 4]), 2)
+        os.mkdir(os.path.join(self.tmp, 'missing'))
+        self.assertTrue(m.write('x\n', log, 5000.0))
+        self.assertIn('writing %s again' % m.path, sink.text())
+
+    def test_the_program_writes_at_start_and_says_down_at_exit(self):
+        path = os.path.join(self.tmp, 'bustd.prom')
+        d = Daemon('--metrics-file', path)
+        try:
+            samples, _ = parse_exposition(read_text(path))
+            self.assertEqual(samples[('bustd_up', ())], 1)
+            self.assertIn('metrics: %s (Prometheus text format)' % path, d.text())
+        finally:
+            self.assertEqual(d.stop(), 0)
+        samples, _ = parse_exposition(read_text(path))
+        self.assertEqual(samples[('bustd_up', ())], 0)
+
+    def loop(self, clock, report_s=0.0):
+        log, sink = make_log()
+        s = settings(self.proc, report_interval_s=report_s)
+        sensor = bustd.MachineSensor(s.proc)
+        sensor.check()
+        d = bustd.Daemon(s, sensor, bustd.Policy(s), no_kernel_calls(), log,
+                         clock=clock, sleep=lambda seconds: None)
+        d.start()
+        d.metrics = bustd.Metrics(os.path.join(self.tmp, 'bustd.prom'), 'machine')
+        return d, sink
+
+    def test_written_every_minute_from_the_loop(self):
+        now = [1000.0]
+        d, sink = self.loop(lambda: now[0])
+        path = d.metrics.path
+        d.step()
+        self.assertTrue(os.path.exists(path))
+        os.unlink(path)
+        now[0] += bustd.METRICS_EVERY_S - 1
+        d.step()
+        self.assertFalse(os.path.exists(path))
+        now[0] += 1
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=5 * GIB)
+        d.step()
+        samples, _ = parse_exposition(read_text(path))
+        self.assertEqual(samples[('bustd_memory_available_bytes', ())], 5 << 30)
+
+    def test_written_with_each_report(self):
+        now = [1000.0]
+        d, sink = self.loop(lambda: now[0], report_s=10)
+        d.step()
+        os.unlink(d.metrics.path)
+        now[0] += 10
+        d.step()
+        self.assertIn('mem avail:', sink.text())
+        self.assertTrue(os.path.exists(d.metrics.path))
+
+
+class MetricsKillTest(RealKillTest):
+    """A real kill with --metrics-file: counted by signal and rule, written after the exit."""
+
+    def test_kill_is_counted_and_written_after_the_victim_is_gone(self):
+        child = self.victim()
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=700 * MIB)      # memory rule, no swap
+        d, sink = self.daemon()
+        path = os.path.join(self.tmp, 'bustd.prom')
+        d.metrics = bustd.Metrics(path, 'machine')
+        d.metrics.next_write_s = float('inf')       # only the kill writes
+        seen = []
+        real_write = d.metrics.write
+
+        def write(text, log, now_s):
+            seen.append(alive(child.pid))
+            return real_write(text, log, now_s)
+        d.metrics.write = write
+        before = time.time()
+        d.step()
+        self.assertEqual(reap(child), -signal.SIGTERM)
+        self.assertEqual(seen, [False])      # written once, after the victim had exited
+        samples, _ = parse_exposition(read_text(path))
+        self.assertEqual(samples[('bustd_kills_total', (('rule', 'memory'),
+                                                        ('signal', 'SIGTERM')))], 1)
+        self.assertEqual(sum(v for k, v in samples.items() if k[0] == 'bustd_kills_total'), 1)
+        self.assertGreaterEqual(samples[('bustd_last_kill_timestamp_seconds', ())], before - 1)
+        self.assertGreaterEqual(samples[('bustd_last_kill_decision_seconds', ())], 0)
+
+    def test_kill_happens_when_the_file_cannot_be_written(self):
+        child = self.victim()
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=700 * MIB)
+        d, sink = self.daemon()
+        d.metrics = bustd.Metrics(os.path.join(self.tmp, 'no', 'such', 'dir', 'b.prom'),
+                                  'machine')
+        d.step()
+        self.assertEqual(reap(child), -signal.SIGTERM)
+        self.assertIn('--metrics-file: cannot write', sink.text())
+
+
+class DecisionRuleTest(unittest.TestCase):
+    """The rule label of a kill: one place names every decision."""
+
+    def test_rules(self):
+        th = bustd.compute_thresholds(settings('/proc'), 8 * GIB, 8 * GIB)
+        th_noswap = bustd.compute_thresholds(settings('/proc'), 8 * GIB, 0)
+        cases = [
+            ('enough memory', reading(avail=6 * GIB), th_noswap, None),
+            ('memory, no swap', reading(avail=700 * MIB), th_noswap, 'memory'),
+            ('memory, no swap, kill', reading(avail=100 * MIB), th_noswap, 'memory'),
+            ('memory and swap low', reading(avail=700 * MIB, swap_total=8 * GIB,
+                                            swap_free=100 * MIB), th, 'swap'),
+            ('swap plenty: nothing', reading(avail=700 * MIB, swap_total=8 * GIB,
+                                             swap_free=4 * GIB), th, None),
+            ('pressure', reading(avail=GIB, psi=50.0), th_noswap, 'pressure'),
+            ('pressure, swap plenty', reading(avail=700 * MIB, swap_total=8 * GIB,
+                                              swap_free=4 * GIB, psi=50.0), th, 'pressure'),
+        ]
+        for why, r, t, expected in cases:
+            with self.subTest(why=why):
+                self.assertEqual(bustd.decision_rule(r, t), expected)
+                self.assertIn(expected, (None,) + bustd.KILL_RULES)
 
 
 if __name__ == '__main__':
