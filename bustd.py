@@ -2317,7 +2317,15 @@ class Metrics(object):
         """
         tmp = '%s.%d.tmp' % (self.path, os.getpid())
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            except FileNotFoundError:
+                # /run/bustd is made by systemd (RuntimeDirectory=); elsewhere
+                # (OpenRC, runit, BusyBox) by bustd, one level only.
+                os.mkdir(os.path.dirname(self.path), 0o755)
+                os.chmod(os.path.dirname(self.path), 0o755)
+                log.info('--metrics-file: created %s' % os.path.dirname(self.path))
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
             try:
                 os.fchmod(fd, 0o644)    # readable by node_exporter whatever our umask
                 os.write(fd, text.encode('utf-8'))
@@ -3097,6 +3105,11 @@ class Settings(object):
         self.report_interval_s = 0.0
         self.dry_run = False
         self.metrics_file = None
+        self.install = None            # 'install' or 'uninstall'
+        self.install_root = '/'
+        self.init_system = 'auto'
+        self.install_args = ()
+        self.print_unit = False
         self.proc = '/proc'
         self.sys_fs = '/sys'
         self.run_root = '/run'
@@ -3355,6 +3368,21 @@ def build_parser():
                         'a container)')
     g.add_argument('--sys', dest='sys_fs', metavar='DIR', default='/sys',
                    help='sysfs root for cgroup discovery (default /sys)')
+
+    g = parser.add_argument_group('installing (curl-and-run)')
+    g.add_argument('--install', action='store_const', const='install',
+                   help='copy this file to %s and start it at boot and now with the other '
+                        'options given (systemd, OpenRC, runit, BusyBox init); again: upgrade '
+                        'and restart' % INSTALL_BIN)
+    g.add_argument('--uninstall', dest='install', action='store_const', const='uninstall',
+                   help='stop bustd and remove what --install wrote (and say what is left)')
+    g.add_argument('--root', metavar='DIR', default='/',
+                   help='install into the tree at DIR (an image); nothing is started')
+    g.add_argument('--init', metavar='|'.join(('auto',) + INIT_SYSTEMS), default='auto',
+                   choices=('auto',) + INIT_SYSTEMS,
+                   help='the init system to install for (default: detected)')
+    g.add_argument('--print-unit', action='store_true',
+                   help='print the systemd unit --install writes, and exit')
     g.add_argument('-h', '--help', action='help', help='show this manual and exit')
     g.add_argument('--version', action='version', version='%s %s' % (PROG, __version__))
     return parser
@@ -3414,6 +3442,14 @@ def parse_settings(argv):
     # Absolute: a daemon changes to / before it reads them.
     s.proc = os.path.abspath(args.proc)
     s.sys_fs = os.path.abspath(args.sys_fs)
+    s.install, s.print_unit = args.install, args.print_unit
+    s.install_root, s.init_system = os.path.abspath(args.root), args.init
+    if s.install:
+        s.install_args = install_options(argv)
+        if s.list:
+            raise UsageError('--%s and --list: choose one' % s.install)
+    elif args.root != '/' or args.init != 'auto':
+        raise UsageError('--root and --init only apply with --install or --uninstall')
     if s.kill_pgroup and s.kill_cgroup:
         raise UsageError('-g/--kill-pgroup and --kill-cgroup: choose one')
     if s.log_file and s.syslog:
@@ -3421,6 +3457,546 @@ def parse_settings(argv):
     if (args.notify_title or args.notify_body) and not s.notify:
         raise UsageError('--notify-title/--notify-body only apply with --notify; add --notify')
     return s
+
+
+# ============================================================================
+# Installer: --install / --uninstall for systemd, OpenRC, runit, BusyBox init
+# ============================================================================
+
+# Every file the installer writes is generated here, so a copied bustd.py is
+# all an installation needs.  SYSTEMD_UNIT is the repository's bustd.service
+# and OPTIONS_FILE its etc/default/bustd, byte for byte (a test compares them).
+INSTALL_BIN = '/usr/local/sbin/bustd'
+INSTALL_PIDFILE = '/run/bustd.pid'
+INIT_SYSTEMS = ('systemd', 'openrc', 'runit', 'busybox', 'none')
+
+SYSTEMD_UNIT = '''\
+# bustd.service: run bustd.py, the early out-of-memory killer, under systemd.
+#
+# Install:  sudo python3 bustd.py --install [OPTIONS]
+#           (writes /usr/local/sbin/bustd, this file and /etc/default/bustd,
+#           then enables and starts bustd; --uninstall undoes it).
+# bustd.py carries this file: `bustd --print-unit` prints it, byte for byte.
+# Options go in /etc/default/bustd (BUSTD_ARGS="..."), not here.
+
+[Unit]
+Description=bustd.py early out-of-memory killer
+# Documentation: `bustd --help` and README.md.
+# Start before most services, so it protects their start-up too.
+DefaultDependencies=no
+After=local-fs.target
+Before=multi-user.target shutdown.target
+Conflicts=shutdown.target
+
+[Service]
+# bustd sends READY=1 once it has taken its first reading, and WATCHDOG=1
+# from its main loop: a hung bustd is killed and restarted.
+Type=notify
+NotifyAccess=main
+WatchdogSec=30
+EnvironmentFile=-/etc/default/bustd
+ExecStart=/usr/local/sbin/bustd --no-daemon $BUSTD_ARGS
+ExecReload=/bin/kill -HUP $MAINPID
+Restart=always
+RestartSec=1
+
+# Stay alive and scheduled under memory pressure: the kernel's own OOM
+# killer never picks bustd, and it outranks the processes it polices.
+OOMScoreAdjust=-1000
+Nice=-20
+IOSchedulingClass=realtime
+
+# Least privilege.  bustd runs as root but keeps only:
+#   CAP_KILL      to signal processes of every user;
+#   CAP_IPC_LOCK  for mlockall(): its pages stay in RAM when memory runs out.
+# Not needed: CAP_SYS_RESOURCE (OOMScoreAdjust= above sets -1000 for it).
+# Under hidepid=2/invisible /proc shows bustd only its own processes: then it
+# can kill nothing else.  Add CAP_SYS_PTRACE to see them all (CAP_DAC_READ_SEARCH
+# is not enough: hidepid checks ptrace access).
+# With --notify, add CAP_SETUID CAP_SETGID: notify-send runs as each desktop user.
+CapabilityBoundingSet=CAP_KILL CAP_IPC_LOCK
+AmbientCapabilities=CAP_KILL CAP_IPC_LOCK
+NoNewPrivileges=yes
+SecureBits=noroot-locked
+UMask=0077
+
+# Read-only system, no home directories, no network (syslog, sd_notify and
+# D-Bus are AF_UNIX sockets in the file system).
+ProtectSystem=strict
+ProtectHome=yes
+PrivateTmp=yes
+PrivateNetwork=yes
+RestrictAddressFamilies=AF_UNIX
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectKernelTunables=yes
+# --cgroup on a cgroup v1 host registers usage threshold events by writing
+# cgroup.event_control: set ProtectControlGroups=no for that (or bustd polls).
+ProtectControlGroups=yes
+ProtectClock=yes
+ProtectHostname=yes
+RestrictNamespaces=yes
+RestrictRealtime=yes
+RestrictSUIDSGID=yes
+LockPersonality=yes
+SystemCallArchitectures=native
+# @system-service has mlockall and pidfd_open/pidfd_send_signal (@process);
+# process_mrelease (Linux 5.15) is not in any group yet.
+SystemCallFilter=@system-service pidfd_open pidfd_send_signal process_mrelease
+SystemCallErrorNumber=EPERM
+# No MemoryDenyWriteExecute=: ctypes (sysinfo, mlockall, syscalls) needs
+# writable+executable memory for its call trampolines.
+
+# --metrics-file /run/bustd/bustd.prom: systemd makes /run/bustd (writable
+# despite ProtectSystem=strict; 0755 so node_exporter may read the file).
+RuntimeDirectory=bustd
+RuntimeDirectoryMode=0755
+
+# Measured (README, Performance): 9.6 MiB resident once running, 15 MiB
+# charged at the peak of start-up (Python compiles bustd.py); helpers (-N/-P
+# hooks, notify-send) run in this cgroup too.  128 MiB leaves room for those.
+MemoryMax=128M
+MemorySwapMax=0
+TasksMax=64
+
+[Install]
+WantedBy=multi-user.target
+'''
+
+OPTIONS_FILE = '''\
+# /etc/default/bustd: options for bustd.service; see `bustd --help`.
+# The service always runs `bustd --no-daemon $BUSTD_ARGS`.
+# systemd splits BUSTD_ARGS at spaces and does NOT remove quotes, so write
+# patterns without quotes or spaces (e.g. -u sshd|postgres).
+
+BUSTD_ARGS=""
+
+# Examples (keep one BUSTD_ARGS line):
+# Act earlier: SIGTERM at 15 % available memory, SIGKILL at 8 %, but at most 2 GiB.
+#BUSTD_ARGS="-m 15,8 -M 2G"
+# A box with a big swap: act on memory alone, and on pressure above 40.
+#BUSTD_ARGS="-s 100 -p 40"
+# Never kill the database; kill browsers first.
+#BUSTD_ARGS="-u postgres|redis-server --prefer ^(chrome|firefox)$"
+# A build server: kill the whole make/ninja process group of the victim.
+#BUSTD_ARGS="-g --avoid ^(sshd|tmux)$"
+# Protect only what the kernel rules and this list say.
+#BUSTD_ARGS="--no-default-unkillables -u init|sshd*"
+# Run a hook after each kill, log memory every hour.
+#BUSTD_ARGS="-N /usr/local/bin/on-oom-kill -r 3600"
+# Watch one slice instead of the whole machine (see README: Containers and slices).
+#BUSTD_ARGS="--cgroup /sys/fs/cgroup/build.slice"
+'''
+
+OPENRC_SCRIPT = '''\
+#!/sbin/openrc-run
+# /etc/init.d/bustd: bustd.py, the early out-of-memory killer, under OpenRC.
+# Written by `bustd --install`; options go in /etc/conf.d/bustd.
+
+name="bustd"
+description="early out-of-memory killer"
+supervisor="supervise-daemon"
+command="/usr/local/sbin/bustd"
+command_args="--no-daemon ${BUSTD_ARGS}"
+respawn_delay=1
+respawn_max=0
+output_log="/var/log/bustd.log"
+error_log="/var/log/bustd.log"
+
+depend() {
+	after localmount
+	before local
+}
+'''
+
+OPENRC_CONF = '''\
+# /etc/conf.d/bustd: options for /etc/init.d/bustd; see `bustd --help`.
+# OpenRC evaluates them as shell words: quote patterns ('sshd|postgres').
+
+BUSTD_ARGS=""
+'''
+
+RUNIT_RUN = '''\
+#!/bin/sh
+# /etc/sv/bustd/run: bustd.py, the early out-of-memory killer, under runit.
+# Written by `bustd --install`; options go in /etc/sv/bustd/conf.
+BUSTD_ARGS=""
+[ -r ./conf ] && . ./conf
+set -f    # patterns such as sshd* reach bustd unexpanded
+exec /usr/local/sbin/bustd --no-daemon --log-file /var/log/bustd.log $BUSTD_ARGS 2>&1
+'''
+
+RUNIT_CONF = '''\
+# /etc/sv/bustd/conf: options for /etc/sv/bustd/run; see `bustd --help`.
+# Split at spaces, not expanded: write patterns without quotes or spaces.
+
+BUSTD_ARGS=""
+'''
+
+RUNIT_SERVICE_DIRS = ('/etc/service', '/var/service', '/run/runit/service', '/service')
+
+
+class InstallStep(object):
+    """One thing the installer does: write, link, remove, run, start, or say."""
+    __slots__ = ('kind', 'path', 'data', 'mode', 'argv', 'text')
+
+    def __init__(self, kind, path=None, data=None, mode=0o644, argv=None, text=None):
+        self.kind = kind
+        self.path = path
+        self.data = data
+        self.mode = mode
+        self.argv = argv
+        self.text = text
+
+
+def detect_init(root):
+    """Return the init system of the tree at root: a running one first, then an installed one."""
+    def there(*paths):
+        return any(os.path.exists(root.rstrip('/') + p) for p in paths)
+    if there('/run/systemd/system'):
+        return 'systemd'
+    if there('/run/openrc'):
+        return 'openrc'
+    if there('/run/runit', '/run/runit.stopit'):
+        return 'runit'
+    if there('/sbin/openrc-run', '/usr/sbin/openrc-run'):
+        return 'openrc'
+    if there('/lib/systemd/systemd', '/usr/lib/systemd/systemd'):
+        return 'systemd'
+    if there('/sbin/runsvdir', '/usr/bin/runsvdir', '/usr/sbin/runsvdir'):
+        return 'runit'
+    if there('/etc/inittab'):
+        return 'busybox'
+    return 'none'
+
+
+def install_options(argv):
+    """Return the daemon options in argv: argv minus the installer's own flags.
+
+    Raises UsageError for a value the options files cannot carry (spaces,
+    quotes, backslashes, backquotes, $NAME): they split at spaces, unquoted.
+    """
+    import re
+    own = ('--install', '--uninstall', '--dry-run', '--dryrun', '--no-daemon', '--print-unit')
+    with_value = ('--root', '--init')
+    kept, skip = [], False
+    for token in argv:
+        if skip:
+            skip = False
+            continue
+        name = token.split('=', 1)[0]
+        if token == '-n' or (name.startswith('--') and len(name) > 3 and any(
+                o.startswith(name) for o in own) and '=' not in token):
+            continue
+        if name.startswith('--') and len(name) > 3 and any(o.startswith(name) for o in with_value):
+            skip = '=' not in token
+            continue
+        if re.search(r'[\s\'"\\`]|\$[\w{(]', token):
+            raise UsageError('argument --install: %r cannot be written to an options file '
+                             '(no spaces, quotes, backslashes or $NAME); write patterns '
+                             'without them, e.g. -u sshd|postgres' % token)
+        kept.append(token)
+    return tuple(kept)
+
+
+def sh_quote(token):
+    """Return token as one shell word (single quotes where it has special characters)."""
+    import re
+    return token if re.match(r'[\w@%+=:,./-]+\Z', token) else "'%s'" % token
+
+
+def options_text(template, args, quote=False):
+    """Return an options file: the template with BUSTD_ARGS set to args."""
+    words = ' '.join(sh_quote(a) if quote else a for a in args)
+    return template.replace('BUSTD_ARGS=""', 'BUSTD_ARGS="%s"' % words, 1)
+
+
+def options_in(text):
+    """Return the BUSTD_ARGS value of an options file, or None."""
+    for line in text.split('\n'):
+        if line.startswith('BUSTD_ARGS="') and line.endswith('"'):
+            return line[len('BUSTD_ARGS="'):-1]
+    return None
+
+
+def _read_text(path):
+    data = read_file(path, 1 << 20)
+    return None if data is None else data.decode('utf-8', 'replace')
+
+
+def _options_step(path, template, args, quote=False):
+    """Write the options file, or keep an existing one (and say so)."""
+    current = _read_text(path)
+    if current is None:
+        return [InstallStep('write', path, options_text(template, args, quote))]
+    note = 'kept %s (BUSTD_ARGS="%s")' % (path, options_in(current) or '?')
+    if args and options_in(current) != options_text('BUSTD_ARGS=""', args, quote)[12:-1]:
+        note += ': your options were NOT written there; edit it, then restart bustd'
+    return [InstallStep('say', text=note)]
+
+
+def install_plan(flavour, root, args, program):
+    """Return the InstallSteps of --install for flavour into root ('/' = this machine)."""
+    at = root.rstrip('/')
+    live = at == ''
+    steps = [InstallStep('write', at + INSTALL_BIN, program, 0o755)]
+    if flavour == 'systemd':
+        unit = at + '/etc/systemd/system/bustd.service'
+        steps.append(InstallStep('write', unit, SYSTEMD_UNIT))
+        steps += _options_step(at + '/etc/default/bustd', OPTIONS_FILE, args)
+        if live:
+            steps += [InstallStep('run', argv=['systemctl', 'daemon-reload']),
+                      InstallStep('run', argv=['systemctl', 'enable', 'bustd']),
+                      InstallStep('run', argv=['systemctl', 'restart', 'bustd']),
+                      InstallStep('say', text='see it work: journalctl -u bustd -f')]
+        else:
+            steps.append(InstallStep('link', at + '/etc/systemd/system/multi-user.target.wants/'
+                                     'bustd.service', '/etc/systemd/system/bustd.service'))
+    elif flavour == 'openrc':
+        steps.append(InstallStep('write', at + '/etc/init.d/bustd', OPENRC_SCRIPT, 0o755))
+        steps += _options_step(at + '/etc/conf.d/bustd', OPENRC_CONF, args, quote=True)
+        if live:
+            steps += [InstallStep('run', argv=['rc-update', 'add', 'bustd', 'default']),
+                      InstallStep('run', argv=['rc-service', 'bustd', 'restart']),
+                      InstallStep('say', text='see it work: tail -f /var/log/bustd.log')]
+        else:
+            steps.append(InstallStep('link', at + '/etc/runlevels/default/bustd',
+                                     '/etc/init.d/bustd'))
+    elif flavour == 'runit':
+        steps.append(InstallStep('write', at + '/etc/sv/bustd/run', RUNIT_RUN, 0o755))
+        steps += _options_step(at + '/etc/sv/bustd/conf', RUNIT_CONF, args)
+        service_dir = next((d for d in RUNIT_SERVICE_DIRS if os.path.isdir(at + d)), None)
+        if service_dir is None:
+            steps.append(InstallStep('say', text='no runit service directory (%s): link '
+                                     '/etc/sv/bustd into yours to supervise bustd'
+                                     % ', '.join(RUNIT_SERVICE_DIRS)))
+            steps += _start_now_steps(live, args)
+        else:
+            link = at + service_dir + '/bustd'
+            if live and os.path.islink(link):
+                steps.append(InstallStep('run', argv=['sv', 'restart', '/etc/sv/bustd']))
+            else:
+                steps.append(InstallStep('link', link, '/etc/sv/bustd'))
+                if live:
+                    steps.append(InstallStep('say', text='runsvdir starts it within 5 s: '
+                                             'sv status bustd'))
+    else:
+        line = ' '.join([INSTALL_BIN, '--no-daemon', '--log-file', DEFAULT_LOG_FILE]
+                        + [sh_quote(a) for a in args])
+        if flavour == 'busybox':
+            steps.append(InstallStep('say', text='to start it at boot, add this line to '
+                                     '/etc/inittab:\n  ::respawn:' + line))
+        else:
+            steps.append(InstallStep('say', text='to start it at boot, run this from your boot '
+                                     'scripts (e.g. /etc/rc.local):\n  ' + ' '.join(
+                                         [INSTALL_BIN, '--pidfile', INSTALL_PIDFILE]
+                                         + [sh_quote(a) for a in args])))
+        steps += _start_now_steps(live, args)
+    if not live:
+        steps.append(InstallStep('say', text='not starting anything: --root %s is not this '
+                                 'machine' % root))
+    return steps
+
+
+def _start_now_steps(live, args):
+    """Stop the bustd of our pidfile (an upgrade) and start the new one daemonized."""
+    if not live:
+        return []
+    return [InstallStep('stop', INSTALL_PIDFILE),
+            InstallStep('run', argv=[INSTALL_BIN, '--pidfile', INSTALL_PIDFILE] + list(args))]
+
+
+def uninstall_plan(flavour, root):
+    """Return the InstallSteps of --uninstall: stop bustd, remove what --install wrote."""
+    at = root.rstrip('/')
+    live = at == ''
+    steps = []
+    if flavour == 'systemd':
+        if live:
+            steps.append(InstallStep('run', argv=['systemctl', 'disable', '--now', 'bustd']))
+        steps.append(InstallStep('remove', at + '/etc/systemd/system/multi-user.target.wants/'
+                                 'bustd.service'))
+        steps += _remove_generated(at + '/etc/systemd/system/bustd.service', SYSTEMD_UNIT)
+        steps += _remove_options(at + '/etc/default/bustd', OPTIONS_FILE)
+        if live:
+            steps.append(InstallStep('run', argv=['systemctl', 'daemon-reload']))
+        if os.path.isdir(at + '/etc/systemd/system/bustd.service.d'):
+            steps.append(InstallStep('say', text='left %s/etc/systemd/system/bustd.service.d '
+                                     '(yours, not written by --install)' % at))
+    elif flavour == 'openrc':
+        if live:
+            steps += [InstallStep('run', argv=['rc-service', 'bustd', 'stop']),
+                      InstallStep('run', argv=['rc-update', 'del', 'bustd', 'default'])]
+        steps.append(InstallStep('remove', at + '/etc/runlevels/default/bustd'))
+        steps += _remove_generated(at + '/etc/init.d/bustd', OPENRC_SCRIPT)
+        steps += _remove_options(at + '/etc/conf.d/bustd', OPENRC_CONF, quote=True)
+    elif flavour == 'runit':
+        for d in RUNIT_SERVICE_DIRS:
+            link = at + d + '/bustd'
+            if os.path.islink(link) and os.readlink(link).rstrip('/') == '/etc/sv/bustd':
+                if live:
+                    steps.append(InstallStep('run', argv=['sv', 'down', '/etc/sv/bustd']))
+                steps.append(InstallStep('remove', link))
+        steps += _remove_generated(at + '/etc/sv/bustd/run', RUNIT_RUN)
+        steps += _remove_options(at + '/etc/sv/bustd/conf', RUNIT_CONF)
+        steps.append(InstallStep('rmdir', at + '/etc/sv/bustd/supervise'))
+        steps.append(InstallStep('rmdir', at + '/etc/sv/bustd'))
+    if flavour in ('runit', 'busybox', 'none') and live:
+        steps.append(InstallStep('stop', INSTALL_PIDFILE))
+    if flavour == 'busybox':
+        steps.append(InstallStep('say', text='remove the ::respawn:%s line from /etc/inittab '
+                                 'yourself, if you added it' % INSTALL_BIN))
+    steps.append(InstallStep('remove', at + INSTALL_BIN))
+    return steps
+
+
+def _remove_generated(path, text):
+    """Remove a file --install wrote; keep (and say so) one that was edited since."""
+    current = _read_text(path)
+    if current is None or current == text:
+        return [InstallStep('remove', path)]
+    return [InstallStep('say', text='left %s: it differs from what --install writes '
+                        '(edited?); remove it yourself' % path)]
+
+
+def _remove_options(path, template, quote=False):
+    """Remove an options file unless it was edited beyond its BUSTD_ARGS line."""
+    current = _read_text(path)
+    if current is None:
+        return []
+    args = options_in(current)
+    if args is not None and current == template.replace(
+            'BUSTD_ARGS=""', 'BUSTD_ARGS="%s"' % args, 1):
+        return [InstallStep('say', text='options were: BUSTD_ARGS="%s"' % args),
+                InstallStep('remove', path)]
+    return [InstallStep('say', text='left %s: edited beyond its BUSTD_ARGS line; remove it '
+                        'yourself' % path)]
+
+
+def run_install_steps(steps, dry_run, out, proc='/proc', run=None):
+    """Carry out (or with dry_run only print) the steps; return the exit status.
+
+    Each step prints one line before it acts.  The first failure stops
+    the run with exit status 1.
+    """
+    def say(text):
+        out.write(text + '\n')
+        out.flush()
+    prefix = 'would ' if dry_run else ''
+    for step in steps:
+        if step.kind == 'say':
+            say(step.text)
+            continue
+        if step.kind == 'write':
+            say('%swrite %s (mode %o)' % (prefix, step.path, step.mode))
+        elif step.kind == 'link':
+            say('%slink %s -> %s' % (prefix, step.path, step.data))
+        elif step.kind in ('remove', 'rmdir'):
+            if not os.path.lexists(step.path):
+                continue
+            say('%sremove %s' % (prefix, step.path))
+        elif step.kind == 'run':
+            say('%srun: %s' % (prefix, ' '.join(sh_quote(a) for a in step.argv)))
+        elif step.kind == 'stop':
+            say('%sstop the bustd named by %s, if one runs' % (prefix, step.path))
+        if dry_run:
+            continue
+        try:
+            _do_install_step(step, proc, run or _run_command)
+        except (OSError, EnvironmentProblem) as exc:
+            say('%s: failed: %s' % (PROG, getattr(exc, 'strerror', None) or exc))
+            return EXIT_ENV
+    return EXIT_OK
+
+
+def _do_install_step(step, proc, run):
+    if step.kind == 'write':
+        write_atomically(step.path, step.data, step.mode)
+    elif step.kind == 'link':
+        os.makedirs(os.path.dirname(step.path), exist_ok=True)
+        tmp = '%s.%d.tmp' % (step.path, os.getpid())
+        os.symlink(step.data, tmp)
+        os.rename(tmp, step.path)
+    elif step.kind == 'remove':
+        os.unlink(step.path)
+    elif step.kind == 'rmdir':
+        if os.path.isdir(step.path) and not os.path.islink(step.path):
+            import shutil
+            shutil.rmtree(step.path) if step.path.endswith('/supervise') else os.rmdir(step.path)
+    elif step.kind == 'run':
+        status = run(step.argv)
+        if status != 0:
+            raise EnvironmentProblem('%s exited with status %s' % (step.argv[0], status))
+    elif step.kind == 'stop':
+        stop_pidfile_bustd(step.path, proc)
+
+
+def _run_command(argv):
+    """Run argv with our stdout/stderr; return its exit status (127: not found)."""
+    import subprocess
+    try:
+        return subprocess.call(argv)
+    except OSError:
+        return 127
+
+
+def write_atomically(path, data, mode):
+    """Write data (str or bytes) to path through a temporary file renamed over it."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = '%s.%d.tmp' % (path, os.getpid())
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    try:
+        os.fchmod(fd, mode)
+        os.write(fd, data if isinstance(data, bytes) else data.encode('utf-8'))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
+
+
+def stop_pidfile_bustd(path, proc='/proc', timeout_s=KILL_WAIT_S):
+    """SIGTERM the bustd a pidfile names (nothing if none runs); wait until it has exited."""
+    pid = read_int(path)
+    if pid is None or pid == os.getpid():
+        return False
+    if b'bustd' not in (read_file('%s/%d/cmdline' % (proc, pid), 4096) or b''):
+        return False      # a stale pidfile naming some other process now
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except OSError:
+        return False
+    deadline = time.monotonic() + timeout_s
+    while os.path.exists('%s/%d' % (proc, pid)) and time.monotonic() < deadline:
+        time.sleep(KILL_POLL_S * 5)
+    return True
+
+
+def install_main(settings, out=None, euid=None):
+    """--install / --uninstall / --print-unit; return the exit status."""
+    out = sys.stdout if out is None else out
+    if settings.print_unit:
+        out.write(SYSTEMD_UNIT)
+        return EXIT_OK
+    euid = os.geteuid() if euid is None else euid
+    root = settings.install_root
+    if euid != 0 and os.path.abspath(root) == '/' and not settings.dry_run:
+        _stderr('--%s needs root: run it with sudo (or add --dry-run to see what it would '
+                'do)' % settings.install)
+        return EXIT_ENV
+    flavour = settings.init_system
+    if flavour == 'auto':
+        flavour = detect_init(root)
+    if settings.install == 'install':
+        program = read_file(os.path.realpath(__file__), 16 << 20)
+        if program is None:
+            _stderr('--install: cannot read %s, the file to install' % __file__)
+            return EXIT_ENV
+        steps = install_plan(flavour, root, settings.install_args, program)
+    else:
+        steps = uninstall_plan(flavour, root)
+    out.write('%s: %s%s for %s into %s\n' % (
+        PROG, settings.install, ' (dry run)' if settings.dry_run else '', flavour, root))
+    return run_install_steps(steps, settings.dry_run, out)
 
 
 # ============================================================================
@@ -3560,6 +4136,8 @@ def parse_or_status(argv):
 
 def start(settings):
     """Run with parsed settings; return the exit status (1: environment, 2: usage)."""
+    if settings.install or settings.print_unit:
+        return install_main(settings)
     if not sys.platform.startswith('linux'):
         _stderr('bustd runs on Linux only (this is %s)' % sys.platform)
         return EXIT_ENV
@@ -3738,7 +4316,7 @@ def launch(argv, code=None):
     settings, status = parse_or_status(argv)
     if settings is None:
         return status
-    if not settings.list:
+    if not (settings.list or settings.install or settings.print_unit):
         relaunch(settings, code, argv)
     return start(settings)
 

@@ -7,6 +7,7 @@ session or cgroup); tests that need real memory pressure do it inside a
 memory cgroup of their own, with a small limit.
 """
 import errno
+import io
 import os
 import re
 import shutil
@@ -2753,8 +2754,19 @@ class MetricsTest(TempDirTest):
             self.assertEqual(reader.read(), '# HELP a A.\n# TYPE a gauge\na 1\n')
         self.assertEqual(read_text(path), '# HELP a A.\n# TYPE a gauge\na 2\n')
 
+    def test_makes_its_directory_one_level_deep(self):
+        m = bustd.Metrics(os.path.join(self.tmp, 'run-bustd', 'bustd.prom'), 'machine')
+        log, sink = make_log()
+        old = os.umask(0o077)
+        try:
+            self.assertTrue(m.write('x\n', log, 0.0))
+        finally:
+            os.umask(old)
+        self.assertEqual(stat.S_IMODE(os.stat(os.path.dirname(m.path)).st_mode), 0o755)
+        self.assertIn('created %s' % os.path.dirname(m.path), sink.text())
+
     def test_failing_write_is_one_throttled_warning(self):
-        m = bustd.Metrics(os.path.join(self.tmp, 'missing', 'bustd.prom'), 'machine')
+        m = bustd.Metrics(os.path.join(self.tmp, 'missing', 'deeper', 'bustd.prom'), 'machine')
         log, sink = make_log()
         self.assertFalse(m.write('x\n', log, 100.0))
         self.assertFalse(m.write('x\n', log, 200.0))
@@ -2762,7 +2774,7 @@ class MetricsTest(TempDirTest):
         self.assertIn('cannot write', sink.text())
         self.assertFalse(m.write('x\n', log, 100.0 + bustd.METRICS_WARN_EVERY_S))
         self.assertEqual(len([1 for p, _ in sink.lines if p == 4]), 2)
-        os.mkdir(os.path.join(self.tmp, 'missing'))
+        os.makedirs(os.path.join(self.tmp, 'missing', 'deeper'))
         self.assertTrue(m.write('x\n', log, 5000.0))
         self.assertIn('writing %s again' % m.path, sink.text())
 
@@ -2877,6 +2889,341 @@ class DecisionRuleTest(unittest.TestCase):
             with self.subTest(why=why):
                 self.assertEqual(bustd.decision_rule(r, t), expected)
                 self.assertIn(expected, (None,) + bustd.KILL_RULES)
+
+
+
+# ----------------------------------------------------------------------------
+# --install / --uninstall into a temporary root
+# ----------------------------------------------------------------------------
+
+OPTIONS = ('-m', '15,8', '-u', 'sshd|postgres', '--prefer', '^(chrome|firefox)$')
+
+
+def tree(root):
+    """Return {relative path: (kind, mode or link target)} of everything under root."""
+    found = {}
+    for directory, dirs, files in os.walk(root):
+        for name in files + [d for d in dirs if os.path.islink(os.path.join(directory, d))]:
+            path = os.path.join(directory, name)
+            rel = os.path.relpath(path, root)
+            if os.path.islink(path):
+                found[rel] = ('link', os.readlink(path))
+            else:
+                found[rel] = ('file', stat.S_IMODE(os.stat(path).st_mode))
+    return found
+
+
+class stderr_to(object):
+    """Context: file descriptor 2 goes to path (bustd writes errors there with os.write)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __enter__(self):
+        self.saved = os.dup(2)
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.dup2(fd, 2)
+        os.close(fd)
+        return lambda: read_text(self.path)
+
+    def __exit__(self, *exc):
+        os.dup2(self.saved, 2)
+        os.close(self.saved)
+
+
+class InstallTest(TempDirTest):
+    """Black-box --install/--uninstall runs into a temporary --root, one per init system."""
+
+    EXPECTED = {
+        'systemd': {
+            'usr/local/sbin/bustd': ('file', 0o755),
+            'etc/systemd/system/bustd.service': ('file', 0o644),
+            'etc/default/bustd': ('file', 0o644),
+            'etc/systemd/system/multi-user.target.wants/bustd.service':
+                ('link', '/etc/systemd/system/bustd.service'),
+        },
+        'openrc': {
+            'usr/local/sbin/bustd': ('file', 0o755),
+            'etc/init.d/bustd': ('file', 0o755),
+            'etc/conf.d/bustd': ('file', 0o644),
+            'etc/runlevels/default/bustd': ('link', '/etc/init.d/bustd'),
+        },
+        'runit': {
+            'usr/local/sbin/bustd': ('file', 0o755),
+            'etc/sv/bustd/run': ('file', 0o755),
+            'etc/sv/bustd/conf': ('file', 0o644),
+            'var/service/bustd': ('link', '/etc/sv/bustd'),
+        },
+        'busybox': {'usr/local/sbin/bustd': ('file', 0o755)},
+        'none': {'usr/local/sbin/bustd': ('file', 0o755)},
+    }
+
+    def root(self, flavour):
+        root = os.path.join(self.tmp, flavour)
+        if flavour == 'runit':
+            os.makedirs(os.path.join(root, 'var/service'))
+        return root
+
+    def install(self, root, *args):
+        out = run_cli('--install', '--root', root, *args)
+        self.assertEqual(out.returncode, 0, out.stdout + out.stderr)
+        return out.stdout
+
+    def test_the_unit_is_the_repository_file(self):
+        with open(os.path.join(HERE, 'bustd.service')) as f:
+            shipped = f.read()
+        self.assertEqual(bustd.SYSTEMD_UNIT, shipped)
+        out = run_cli('--print-unit')
+        self.assertEqual((out.returncode, out.stdout), (0, shipped))
+        with open(os.path.join(HERE, 'etc', 'default', 'bustd')) as f:
+            self.assertEqual(bustd.OPTIONS_FILE, f.read())
+
+    def test_every_init_system(self):
+        with open(BUSTD, 'rb') as f:
+            program = f.read()
+        for flavour in bustd.INIT_SYSTEMS:
+            with self.subTest(flavour=flavour):
+                root = self.root(flavour)
+                out = self.install(root, '--init', flavour, *OPTIONS)
+                found = tree(root)
+                self.assertEqual(found, self.EXPECTED[flavour])
+                for rel, (kind, _) in found.items():    # every file written is printed
+                    self.assertIn(os.path.join(root, rel), out)
+                with open(os.path.join(root, 'usr/local/sbin/bustd'), 'rb') as f:
+                    self.assertEqual(f.read(), program)
+                self.assertIn('not starting anything', out)
+                version = subprocess.run([os.path.join(root, 'usr/local/sbin/bustd'),
+                                          '--version'], stdout=subprocess.PIPE,
+                                         universal_newlines=True)
+                self.assertEqual(version.stdout.strip(), 'bustd ' + bustd.__version__)
+
+    def test_options_reach_each_init_system(self):
+        for flavour, rel, line in (
+                ('systemd', 'etc/default/bustd',
+                 'BUSTD_ARGS="-m 15,8 -u sshd|postgres --prefer ^(chrome|firefox)$"'),
+                ('openrc', 'etc/conf.d/bustd',
+                 'BUSTD_ARGS="-m 15,8 -u \'sshd|postgres\' --prefer \'^(chrome|firefox)$\'"'),
+                ('runit', 'etc/sv/bustd/conf',
+                 'BUSTD_ARGS="-m 15,8 -u sshd|postgres --prefer ^(chrome|firefox)$"')):
+            with self.subTest(flavour=flavour):
+                root = self.root(flavour)
+                self.install(root, '--init', flavour, *OPTIONS)
+                self.assertIn('\n' + line + '\n', read_text(os.path.join(root, rel)))
+        for flavour, prefix in (('busybox', '::respawn:/usr/local/sbin/bustd --no-daemon '),
+                                ('none', '/usr/local/sbin/bustd --pidfile /run/bustd.pid ')):
+            with self.subTest(flavour=flavour):
+                out = self.install(self.root(flavour), '--init', flavour, *OPTIONS)
+                self.assertIn("-m 15,8 -u 'sshd|postgres' --prefer '^(chrome|firefox)$'\n", out)
+                self.assertIn(prefix, out)
+
+    def test_the_options_survive_the_shells_that_read_them(self):
+        # What each init system's shell makes of the written options: bustd's argv.
+        root = self.root('openrc')
+        self.install(root, '--init', 'openrc', *OPTIONS)
+        script = ('. %s/etc/conf.d/bustd; command_args="--no-daemon ${BUSTD_ARGS}"; '
+                  'eval set -- $command_args; for a in "$@"; do printf "%%s\\n" "$a"; done'
+                  % root)
+        out = subprocess.run(['sh', '-c', script], cwd=self.tmp, stdout=subprocess.PIPE,
+                             universal_newlines=True).stdout
+        self.assertEqual(out.split('\n')[:-1], ['--no-daemon'] + list(OPTIONS))
+        root = self.root('runit')
+        self.install(root, '--init', 'runit', *OPTIONS + ('-u', 'sshd*'))
+        run = read_text(os.path.join(root, 'etc/sv/bustd/run')).replace(
+            'exec /usr/local/sbin/bustd', 'for a in').replace(' 2>&1', '; do printf "%s\\n" "$a"; done')
+        open(os.path.join(self.tmp, 'sshd-lookalike'), 'w').close()    # a glob would match it
+        out = subprocess.run(['sh', '-c', run], cwd=os.path.join(root, 'etc/sv/bustd'),
+                             stdout=subprocess.PIPE, universal_newlines=True).stdout
+        self.assertEqual(out.split('\n')[:-1], ['--no-daemon', '--log-file', '/var/log/bustd.log']
+                         + list(OPTIONS) + ['-u', 'sshd*'])
+
+    def test_scripts_are_valid_shell(self):
+        root = self.root('openrc')
+        self.install(root, '--init', 'openrc')
+        root_runit = self.root('runit')
+        self.install(root_runit, '--init', 'runit')
+        for path in (os.path.join(root, 'etc/init.d/bustd'),
+                     os.path.join(root_runit, 'etc/sv/bustd/run')):
+            with self.subTest(path=path):
+                out = subprocess.run(['sh', '-n', path], stderr=subprocess.PIPE,
+                                     universal_newlines=True)
+                self.assertEqual((out.returncode, out.stderr), (0, ''))
+
+    def test_second_install_upgrades_in_place_and_keeps_the_options(self):
+        for flavour, options in (('systemd', 'etc/default/bustd'),
+                                 ('openrc', 'etc/conf.d/bustd'), ('runit', 'etc/sv/bustd/conf')):
+            with self.subTest(flavour=flavour):
+                root = self.root(flavour)
+                self.install(root, '--init', flavour, '-m', '15,8')
+                bin_path = os.path.join(root, 'usr/local/sbin/bustd')
+                with open(bin_path, 'wb') as f:
+                    f.write(b'old version\n')
+                first = read_text(os.path.join(root, options))
+                out = self.install(root, '--init', flavour, '-m', '20,10')
+                self.assertEqual(tree(root), self.EXPECTED[flavour])        # no temp files left
+                with open(bin_path, 'rb') as f, open(BUSTD, 'rb') as g:
+                    self.assertEqual(f.read(), g.read())                 # upgraded
+                self.assertEqual(read_text(os.path.join(root, options)), first)   # kept
+                self.assertIn('kept %s' % os.path.join(root, options), out)
+                self.assertIn('your options were NOT written there', out)
+
+    def test_uninstall_removes_what_install_wrote(self):
+        for flavour in bustd.INIT_SYSTEMS:
+            with self.subTest(flavour=flavour):
+                root = self.root(flavour)
+                mine = os.path.join(root, 'etc/keep-me')
+                os.makedirs(os.path.dirname(mine), exist_ok=True)
+                open(mine, 'w').close()
+                self.install(root, '--init', flavour, *OPTIONS)
+                out = run_cli('--uninstall', '--root', root, '--init', flavour)
+                self.assertEqual(out.returncode, 0, out.stdout + out.stderr)
+                self.assertEqual(tree(root), {'etc/keep-me': ('file', 0o644)})
+                for rel in self.EXPECTED[flavour]:
+                    self.assertIn('remove %s' % os.path.join(root, rel), out.stdout)
+
+    def test_uninstall_leaves_edited_files_and_says_so(self):
+        root = self.root('systemd')
+        self.install(root, '--init', 'systemd', '-m', '15,8')
+        options = os.path.join(root, 'etc/default/bustd')
+        with open(options, 'a') as f:
+            f.write('# my note\n')
+        unit = os.path.join(root, 'etc/systemd/system/bustd.service')
+        with open(unit, 'a') as f:
+            f.write('# edited\n')
+        out = run_cli('--uninstall', '--root', root, '--init', 'systemd')
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertEqual(sorted(tree(root)), ['etc/default/bustd',
+                                              'etc/systemd/system/bustd.service'])
+        self.assertIn('left %s' % options, out.stdout)
+        self.assertIn('left %s' % unit, out.stdout)
+
+    def test_uninstall_reports_the_options_it_removes(self):
+        root = self.root('systemd')
+        self.install(root, '--init', 'systemd', '-m', '15,8')
+        out = run_cli('--uninstall', '--root', root, '--init', 'systemd')
+        self.assertIn('options were: BUSTD_ARGS="-m 15,8"', out.stdout)
+
+    def test_dry_run_only_prints(self):
+        for flavour in bustd.INIT_SYSTEMS:
+            with self.subTest(flavour=flavour):
+                root = self.root(flavour)
+                before = tree(root)
+                out = self.install(root, '--init', flavour, '--dry-run')
+                self.assertEqual(tree(root), before)
+                for rel, (kind, _) in self.EXPECTED[flavour].items():
+                    self.assertIn('would %s %s' % ('link' if kind == 'link' else 'write',
+                                                   os.path.join(root, rel)), out)
+
+    def test_detects_the_init_system(self):
+        cases = [
+            (('run/systemd/system/', 'sbin/openrc-run'), 'systemd'),
+            (('run/openrc/', 'lib/systemd/systemd'), 'openrc'),
+            (('run/runit/', 'lib/systemd/systemd'), 'runit'),
+            (('usr/lib/systemd/systemd',), 'systemd'),
+            (('sbin/openrc-run', 'etc/inittab'), 'openrc'),
+            (('usr/bin/runsvdir', 'etc/inittab'), 'runit'),
+            (('etc/inittab',), 'busybox'),
+            ((), 'none'),
+        ]
+        for i, (paths, expected) in enumerate(cases):
+            with self.subTest(paths=paths):
+                root = os.path.join(self.tmp, 'detect%d' % i)
+                os.makedirs(root)
+                for rel in paths:
+                    path = os.path.join(root, rel)
+                    os.makedirs(os.path.dirname(path.rstrip('/')), exist_ok=True)
+                    if rel.endswith('/'):
+                        os.makedirs(path)
+                    else:
+                        open(path, 'w').close()
+                self.assertEqual(bustd.detect_init(root), expected)
+                out = self.install(root, '--dry-run')
+                self.assertIn('install (dry run) for %s into %s' % (expected, root), out)
+
+    def test_live_plans_run_the_init_systems_commands(self):
+        cases = [
+            ('systemd', ['systemctl daemon-reload', 'systemctl enable bustd',
+                         'systemctl restart bustd']),
+            ('openrc', ['rc-update add bustd default', 'rc-service bustd restart']),
+            ('none', ["/usr/local/sbin/bustd --pidfile /run/bustd.pid -m 15,8 -u "
+                      "'sshd|postgres'"]),
+        ]
+        for flavour, commands in cases:
+            with self.subTest(flavour=flavour):
+                steps = bustd.install_plan(flavour, '/', ('-m', '15,8', '-u', 'sshd|postgres'),
+                                           b'program')
+                out = io.StringIO()
+                self.assertEqual(bustd.run_install_steps(steps, True, out), 0)
+                ran = [line[len('would run: '):] for line in out.getvalue().split('\n')
+                       if line.startswith('would run: ')]
+                self.assertEqual(ran, commands)
+
+    def test_a_failing_command_is_exit_1(self):
+        root = self.root('systemd')
+        steps = [bustd.InstallStep('write', os.path.join(root, 'a'), 'x'),
+                 bustd.InstallStep('run', argv=['systemctl', 'daemon-reload']),
+                 bustd.InstallStep('write', os.path.join(root, 'b'), 'x')]
+        out = io.StringIO()
+        status = bustd.run_install_steps(steps, False, out, run=lambda argv: 1)
+        self.assertEqual(status, 1)
+        self.assertEqual(sorted(tree(root)), ['a'])
+        self.assertIn('failed: systemctl exited with status 1', out.getvalue())
+
+    def test_refuses_without_root(self):
+        for action in ('--install', '--uninstall'):
+            with self.subTest(action=action):
+                out = io.StringIO()
+                with stderr_to(os.path.join(self.tmp, 'stderr')) as err:
+                    status = bustd.install_main(bustd.parse_settings([action]), out, euid=1000)
+                self.assertEqual(status, 1)
+                self.assertIn('%s needs root: run it with sudo' % action, err())
+                self.assertEqual(out.getvalue(), '')
+
+    def test_bad_install_command_lines_are_exit_2(self):
+        for args, message in (
+                (('--install', '-u', 'a b'), 'cannot be written to an options file'),
+                (('--install', '-N', '/bin/tr\'ue'), 'argument -N'),
+                (('--root', self.tmp), 'only apply with --install'),
+                (('--install', '--init', 'upstart'), 'argument --init'),
+                (('--install', '--list'), 'choose one')):
+            with self.subTest(args=args):
+                out = run_cli(*args)
+                self.assertEqual(out.returncode, 2, out.stderr)
+                self.assertIn(message, out.stderr)
+
+    def test_install_options_drop_the_installers_own_flags(self):
+        cases = [
+            (['--install', '-m', '15', '--root', '/x', '--init=openrc', '-n'], ('-m', '15')),
+            (['--inst', '--dry-run', '--root=/x', '-u', 'sshd', '--no-daemon'], ('-u', 'sshd')),
+            (['--install', '--metrics-file', '/run/bustd/bustd.prom', '--kill-cgroup'],
+             ('--metrics-file', '/run/bustd/bustd.prom', '--kill-cgroup')),
+            (['--install', '--prefer', '^(a|b)$'], ('--prefer', '^(a|b)$')),
+        ]
+        for argv, expected in cases:
+            with self.subTest(argv=argv):
+                self.assertEqual(bustd.install_options(argv), expected)
+        for bad in ('a b', 'it"s', "it's", 'a\\b', '`x`', '$HOME', '${x}', '$(id)'):
+            with self.subTest(bad=bad):
+                self.assertRaises(bustd.UsageError, bustd.install_options, ['-u', bad])
+
+
+class StopPidfileTest(TempDirTest):
+    """An upgrade without an init system stops the bustd of the pidfile, and only a bustd."""
+
+    def test_stops_the_running_bustd_and_leaves_other_processes(self):
+        pidfile = os.path.join(self.tmp, 'bustd.pid')
+        d = Daemon('--pidfile', pidfile)
+        try:
+            self.assertTrue(wait_until(lambda: read_text(pidfile).strip().isdigit()))
+            self.assertTrue(bustd.stop_pidfile_bustd(pidfile))
+            self.assertIsNotNone(d.proc.poll())
+        finally:
+            self.assertEqual(d.stop(), 0)
+        other = start_victim()
+        self.addCleanup(stop, other)
+        with open(pidfile, 'w') as f:
+            f.write('%d\n' % other.pid)
+        self.assertFalse(bustd.stop_pidfile_bustd(pidfile))
+        self.assertIsNone(other.poll())
 
 
 if __name__ == '__main__':
