@@ -32,8 +32,9 @@ Requirements
   warning, never the daemon), Python 3.6 or newer, only the standard
   library; it even runs without ctypes.  Root to kill other users' processes.
 
-Install: copy this one file, e.g. install -m 755 bustd.py /usr/local/sbin/bustd
-Run `bustd.py --help` for the manual.
+Install: copy this one file anywhere and run `python3 bustd.py --install` as
+root: it copies itself to /usr/local/sbin/bustd and starts at boot and now
+under systemd, OpenRC, runit or BusyBox init.  `bustd.py --help` is the manual.
 """
 
 # Only built-in modules at import time: the daemon's RSS is measured against
@@ -3149,6 +3150,7 @@ NAME
 SYNOPSIS
   bustd [OPTIONS]            (daemonizes; -n stays in the foreground)
   bustd --list [OPTIONS]     (who would be killed now, then exit)
+  bustd --install [OPTIONS]  (install this file, start it at boot and now)
 
 DESCRIPTION
   bustd watches available memory, free swap and memory pressure (PSI).
@@ -3188,6 +3190,20 @@ EXAMPLES
   bustd -n --cgroup /sys/fs/cgroup/system.slice/build.service
   bustd -n --cgroup auto           inside a container, watching its limit
   bustd --notify --warn 15 -N /usr/local/bin/on-oom-kill
+  bustd -n --kill-cgroup           kill the victim's whole service/scope
+  bustd -n --metrics-file /run/bustd/bustd.prom    for node_exporter
+  sudo python3 bustd.py --install -m 15,8          install, with options
+  sudo python3 bustd.py --install --dry-run        only print what it does
+
+INSTALL
+  --install copies this file to /usr/local/sbin/bustd (atomically) and
+  sets it up for the init system (--init, default detected): systemd
+  (bustd.service, /etc/default/bustd), OpenRC (/etc/init.d/bustd,
+  /etc/conf.d/bustd), runit (/etc/sv/bustd), BusyBox init or none (prints
+  the line for /etc/inittab or your boot scripts, starts it now with
+  --pidfile /run/bustd.pid).  Options given with it become the daemon's;
+  an existing options file is kept.  It prints every file it writes; again,
+  it upgrades and restarts; --uninstall removes what it wrote.
 
 LOGS
   Foreground: stderr (with <N> priority prefixes under journald).
@@ -3203,7 +3219,8 @@ SIGNALS
 EXIT STATUS
   0  stopped by SIGTERM/SIGINT, or --list/--help/--version done
   1  the environment is unusable: not Linux, /proc unreadable, pidfile in
-     use, log file not writable
+     use, log file not writable; --install/--uninstall without root or
+     one of its steps failed
   2  bad command line (the message names the flag and the fix)'''
 
 DEFAULT_LOG_FILE = '/var/log/bustd.log'
