@@ -4011,8 +4011,9 @@ def install_main(settings, out=None, euid=None):
         steps = install_plan(flavour, root, settings.install_args, program)
     else:
         steps = uninstall_plan(flavour, root)
-    out.write('%s: %s%s for %s into %s\n' % (
-        PROG, settings.install, ' (dry run)' if settings.dry_run else '', flavour, root))
+    out.write('%s: %s%s for %s %s %s\n' % (
+        PROG, settings.install, ' (dry run)' if settings.dry_run else '', flavour,
+        'into' if settings.install == 'install' else 'from', root))
     return run_install_steps(steps, settings.dry_run, out)
 
 
