@@ -3666,16 +3666,21 @@ class InstallStep(object):
         self.text = text
 
 
+def running_init(root):
+    """Return the init system running in the tree at root (its /run markers), or None."""
+    for flavour, marker in (('systemd', '/run/systemd/system'), ('openrc', '/run/openrc'),
+                            ('runit', '/run/runit')):
+        if os.path.exists(root.rstrip('/') + marker):
+            return flavour
+    return None
+
+
 def detect_init(root):
     """Return the init system of the tree at root: a running one first, then an installed one."""
     def there(*paths):
         return any(os.path.exists(root.rstrip('/') + p) for p in paths)
-    if there('/run/systemd/system'):
-        return 'systemd'
-    if there('/run/openrc'):
-        return 'openrc'
-    if there('/run/runit', '/run/runit.stopit'):
-        return 'runit'
+    if running_init(root):
+        return running_init(root)
     if there('/sbin/openrc-run', '/usr/sbin/openrc-run'):
         return 'openrc'
     if there('/lib/systemd/systemd', '/usr/lib/systemd/systemd'):
@@ -3939,7 +3944,9 @@ def _do_install_step(step, proc, run):
     elif step.kind == 'rmdir':
         if os.path.isdir(step.path) and not os.path.islink(step.path):
             import shutil
-            shutil.rmtree(step.path) if step.path.endswith('/supervise') else os.rmdir(step.path)
+            # runsv's supervise/ state is emptied too; any other directory must be empty.
+            remove = shutil.rmtree if step.path.endswith('/supervise') else os.rmdir
+            remove(step.path)
     elif step.kind == 'run':
         status = run(step.argv)
         if status != 0:
@@ -4003,6 +4010,9 @@ def install_main(settings, out=None, euid=None):
     flavour = settings.init_system
     if flavour == 'auto':
         flavour = detect_init(root)
+        if root == '/' and running_init(root) is None:
+            out.write('%s: no running init system found; chose %s from the files installed '
+                      '(give --init to choose)\n' % (PROG, flavour))
     if settings.install == 'install':
         program = read_file(os.path.realpath(__file__), 16 << 20)
         if program is None:

@@ -1177,211 +1177,6 @@ class KillCgroupRefusalTest(unittest.TestCase):
         self.assertIn('choose one', out.stderr)
 
 
-class KillCgroup(object):
-    """A cgroup made by a test (v2 or v1 memory) for kill tests; its processes are the test's."""
-
-    def __init__(self, version):
-        if os.geteuid() != 0:
-            raise unittest.SkipTest('not root: cannot create a cgroup')
-        with open('/proc/self/mountinfo') as f:
-            mounts = bustd.parse_mountinfo_cgroups(f.read())
-        with open('/proc/self/cgroup') as f:
-            own = bustd.parse_proc_cgroup(f.read())
-        key = 'v%d' % version
-        if key not in mounts or key not in own:
-            raise unittest.SkipTest('no cgroup %s hierarchy here' % key)
-        base = bustd._cgroup_dir(mounts[key][0], mounts[key][1], own[key])
-        try:
-            self.path = tempfile.mkdtemp(prefix='bustd-test-', dir=base)
-        except OSError as exc:
-            raise unittest.SkipTest('cannot create a cgroup under %s: %s' % (base, exc))
-        self.version = version
-
-    def pids(self):
-        with open(os.path.join(self.path, 'cgroup.procs')) as f:
-            return [int(x) for x in f.read().split()]
-
-    def join(self):
-        path = os.path.join(self.path, 'cgroup.procs')
-
-        def join():
-            with open(path, 'w') as f:
-                f.write(str(os.getpid()))
-        return join
-
-    def remove(self):
-        for _ in range(100):
-            pids = self.pids()
-            if not pids:
-                break
-            for pid in pids:       # every process in here was started by the test
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
-            time.sleep(0.05)
-        for _ in range(100):
-            try:
-                os.rmdir(self.path)
-                return
-            except OSError:
-                time.sleep(0.05)
-
-
-class KillCgroupTest(TempDirTest):
-    """--kill-cgroup for real: a leader and its children in a test-made cgroup."""
-
-    SERVICE = textwrap.dedent("""
-        import ctypes, os, signal, sys, time
-        with open('/proc/self/oom_score_adj', 'w') as f:
-            f.write('1000')
-        def fork_on_term(signum, frame):
-            if os.fork() == 0:           # a member born after the scan
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                while True:
-                    time.sleep(1)
-            os._exit(0)
-        kids = []
-        ready_r, ready_w = os.pipe()
-        for i in range(3):
-            pid = os.fork()
-            if pid == 0:
-                if i == 0 and 'sshd' in sys.argv:
-                    ctypes.CDLL(None).prctl(15, b'sshd', 0, 0, 0)   # PR_SET_NAME
-                if i == 1 and 'forker' in sys.argv:
-                    signal.signal(signal.SIGTERM, fork_on_term)
-                os.write(ready_w, b'.')
-                while True:
-                    time.sleep(1)
-            kids.append(pid)
-        ready = b''
-        while len(ready) < 3:
-            ready += os.read(ready_r, 3)
-        sys.stdout.write(' '.join(map(str, kids)) + '\\n')
-        sys.stdout.flush()
-        while True:
-            time.sleep(1)
-    """)
-
-    def setUp(self):
-        TempDirTest.setUp(self)
-        # victim_cgroup() reads the mounts and bustd's own cgroup through --proc.
-        for name in ('mountinfo', 'cgroup'):
-            with open('/proc/self/' + name, 'rb') as f:
-                self.proc.write('self/' + name, f.read())
-
-    def start_service(self, cgroup, *args):
-        leader = subprocess.Popen([sys.executable, '-c', self.SERVICE] + list(args),
-                                  stdout=subprocess.PIPE, start_new_session=True,
-                                  preexec_fn=cgroup.join())
-        kids = [int(x) for x in leader.stdout.readline().split()]
-
-        def cleanup():
-            cgroup.remove()
-            leader.wait()
-            leader.stdout.close()
-        self.addCleanup(cleanup)
-        for pid in [leader.pid] + kids:
-            self.proc.link(pid)
-        return leader, kids
-
-    def run_daemon(self, calls=None, **kw):
-        log, sink = make_log(verbose=True)
-        s = settings(self.proc, kill_cgroup=True, **kw)
-        sensor = bustd.MachineSensor(s.proc)
-        sensor.check()
-        d = bustd.Daemon(s, sensor, bustd.Policy(s), calls or bustd.load_kernel_calls(), log)
-        d.start()
-        d.step()
-        return sink
-
-    def wait_empty(self, cgroup, leader):
-        reap(leader)
-        deadline = time.monotonic() + 10
-        while cgroup.pids() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        return cgroup.pids()
-
-    def test_v2_sigterm_reaches_every_member(self):
-        cgroup = KillCgroup(2)
-        leader, kids = self.start_service(cgroup)
-        bystander = start_victim()      # not in the tree, not in the cgroup
-        self.addCleanup(stop, bystander)
-        self.proc.meminfo(total_kib=8 * GIB, avail_kib=700 * MIB)       # SIGTERM
-        sink = self.run_daemon()
-        self.assertEqual(self.wait_empty(cgroup, leader), [], sink.text())
-        self.assertEqual(leader.returncode, -signal.SIGTERM)
-        self.assertIsNone(bystander.poll())
-        self.assertIn('kill: SIGTERM cgroup=%s pid=' % cgroup.path, sink.text())
-        self.assertIn('exited: pid=', sink.text())
-
-    def test_members_forked_after_the_scan_are_killed_too(self):
-        # The real /proc here (the fake tree cannot list a pid born during the
-        # kill); the target is this test's cgroup, memory is not consulted.
-        cgroup = KillCgroup(2)
-        leader, kids = self.start_service(cgroup, 'forker')
-        log, sink = make_log()
-        s = settings('/proc', kill_cgroup=True)
-        victim = bustd.read_process('/proc', leader.pid, os.sysconf('SC_PAGE_SIZE') // 1024)
-        target, refusal = bustd.make_cgroup_target(victim, bustd.load_kernel_calls(), '/proc',
-                                                   bustd.Policy(s))
-        self.assertIsNone(refusal)
-        self.assertEqual(sorted(m.pid for m in target.members), sorted([leader.pid] + kids))
-        self.assertTrue(target.open())
-        try:
-            result = bustd.kill_and_wait(target, signal.SIGTERM, lambda: signal.SIGTERM, log)
-        finally:
-            target.close()
-        self.assertTrue(result.exited, result.note)
-        # 4 scanned + at least the one forked on SIGTERM (each further SIGTERM
-        # that reaches the handler forks again: all of them are adopted too).
-        self.assertGreaterEqual(len(target.members), 5)
-        self.assertEqual(self.wait_empty(cgroup, leader), [])
-
-    def test_v2_sigkill_goes_through_cgroup_kill(self):
-        cgroup = KillCgroup(2)
-        leader, kids = self.start_service(cgroup)
-        bystander = start_victim()
-        self.addCleanup(stop, bystander)
-        calls = bustd.load_kernel_calls()
-        if calls.pidfd_send_signal is None:
-            self.skipTest('no pidfds here')
-
-        def refuse(fd, sig):
-            raise OSError(errno.EPERM, 'refused by the test')
-        calls.pidfd_send_signal = refuse   # only cgroup.kill can kill anything now
-        self.proc.meminfo(total_kib=8 * GIB, avail_kib=300 * MIB)       # SIGKILL
-        sink = self.run_daemon(calls)
-        self.assertEqual(self.wait_empty(cgroup, leader), [], sink.text())
-        self.assertEqual(leader.returncode, -signal.SIGKILL)
-        self.assertIsNone(bystander.poll())
-        self.assertIn('kill: SIGKILL cgroup=%s' % cgroup.path, sink.text())
-
-    def test_v1_sigkill_through_pidfds(self):
-        cgroup = KillCgroup(1)
-        leader, kids = self.start_service(cgroup)
-        bystander = start_victim()
-        self.addCleanup(stop, bystander)
-        self.proc.meminfo(total_kib=8 * GIB, avail_kib=300 * MIB)       # SIGKILL
-        sink = self.run_daemon()
-        self.assertEqual(self.wait_empty(cgroup, leader), [], sink.text())
-        self.assertEqual(leader.returncode, -signal.SIGKILL)
-        self.assertIsNone(bystander.poll())
-        self.assertIn('kill: SIGKILL cgroup=%s' % cgroup.path, sink.text())
-
-    def test_a_protected_member_means_the_victim_dies_alone(self):
-        cgroup = KillCgroup(2)
-        leader, kids = self.start_service(cgroup, 'sshd')
-        for pid in kids[1:]:           # only the leader and the "sshd" are candidates
-            os.unlink(os.path.join(self.proc.root, str(pid)))
-        self.proc.meminfo(total_kib=8 * GIB, avail_kib=700 * MIB)
-        sink = self.run_daemon()
-        self.assertEqual(reap(leader), -signal.SIGTERM)
-        self.assertIn('--kill-cgroup: not killing cgroup %s: it holds %d sshd (default: sshd)'
-                      % (cgroup.path, kids[0]), sink.text())
-        self.assertEqual(sorted(cgroup.pids()), sorted(kids))    # every other member lives
-
-
 # ----------------------------------------------------------------------------
 # cgroup mode: fake trees, then real memory pressure in a test-made cgroup
 # ----------------------------------------------------------------------------
@@ -1630,6 +1425,168 @@ class TestCgroup(object):
                 return
             except OSError:
                 time.sleep(0.05)
+
+
+class KillCgroup(TestCgroup):
+    """A cgroup made by a test (v2, or v1 memory) for kill tests; no memory limit needed."""
+
+    def __init__(self, version):
+        if os.geteuid() != 0:
+            raise unittest.SkipTest('not root: cannot create a cgroup')
+        with open('/proc/self/mountinfo') as f:
+            mounts = bustd.parse_mountinfo_cgroups(f.read())
+        with open('/proc/self/cgroup') as f:
+            own = bustd.parse_proc_cgroup(f.read())
+        key = 'v%d' % version
+        if key not in mounts or key not in own:
+            raise unittest.SkipTest('no cgroup %s hierarchy here' % key)
+        base = bustd._cgroup_dir(mounts[key][0], mounts[key][1], own[key])
+        try:
+            self.path = tempfile.mkdtemp(prefix='bustd-test-', dir=base)
+        except OSError as exc:
+            raise unittest.SkipTest('cannot create a cgroup under %s: %s' % (base, exc))
+        self.version = version
+
+
+class KillCgroupTest(TempDirTest):
+    """--kill-cgroup for real: a leader and its children in a test-made cgroup."""
+
+    SERVICE = textwrap.dedent("""
+        import ctypes, os, signal, sys, time
+        with open('/proc/self/oom_score_adj', 'w') as f:
+            f.write('1000')
+        def fork_on_term(signum, frame):
+            if os.fork() == 0:           # a member born after the scan
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                while True:
+                    time.sleep(1)
+            os._exit(0)
+        kids = []
+        ready_r, ready_w = os.pipe()
+        for i in range(3):
+            pid = os.fork()
+            if pid == 0:
+                if i == 0 and 'sshd' in sys.argv:
+                    ctypes.CDLL(None).prctl(15, b'sshd', 0, 0, 0)   # PR_SET_NAME
+                if i == 1 and 'forker' in sys.argv:
+                    signal.signal(signal.SIGTERM, fork_on_term)
+                os.write(ready_w, b'.')
+                while True:
+                    time.sleep(1)
+            kids.append(pid)
+        ready = b''
+        while len(ready) < 3:
+            ready += os.read(ready_r, 3)
+        sys.stdout.write(' '.join(map(str, kids)) + '\\n')
+        sys.stdout.flush()
+        while True:
+            time.sleep(1)
+    """)
+
+    def setUp(self):
+        TempDirTest.setUp(self)
+        # victim_cgroup() reads the mounts and bustd's own cgroup through --proc.
+        for name in ('mountinfo', 'cgroup'):
+            with open('/proc/self/' + name, 'rb') as f:
+                self.proc.write('self/' + name, f.read())
+
+    def start_service(self, cgroup, *args):
+        leader = subprocess.Popen([sys.executable, '-c', self.SERVICE] + list(args),
+                                  stdout=subprocess.PIPE, start_new_session=True,
+                                  preexec_fn=cgroup.join())
+        kids = [int(x) for x in leader.stdout.readline().split()]
+
+        def cleanup():
+            cgroup.remove()
+            leader.wait()
+            leader.stdout.close()
+        self.addCleanup(cleanup)
+        for pid in [leader.pid] + kids:
+            self.proc.link(pid)
+        return leader, kids
+
+    def run_daemon(self, calls=None, **kw):
+        log, sink = make_log(verbose=True)
+        s = settings(self.proc, kill_cgroup=True, **kw)
+        sensor = bustd.MachineSensor(s.proc)
+        sensor.check()
+        d = bustd.Daemon(s, sensor, bustd.Policy(s), calls or bustd.load_kernel_calls(), log)
+        d.start()
+        d.step()
+        return sink
+
+    def wait_empty(self, cgroup, leader):
+        reap(leader)
+        deadline = time.monotonic() + 10
+        while cgroup.pids() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return cgroup.pids()
+
+    def kill_service(self, version, avail_kib, sig, calls=None):
+        """Start a service in a new cgroup, let bustd act; check every member died, no one else."""
+        cgroup = KillCgroup(version)
+        leader, kids = self.start_service(cgroup)
+        bystander = start_victim()      # oom_score_adj 1000 too; not in the tree nor the cgroup
+        self.addCleanup(stop, bystander)
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=avail_kib)
+        sink = self.run_daemon(calls)
+        self.assertEqual(self.wait_empty(cgroup, leader), [], sink.text())
+        self.assertEqual(leader.returncode, -sig)
+        self.assertIsNone(bystander.poll())
+        self.assertIn('kill: %s cgroup=%s pid=' % (bustd.SIGNAL_NAMES[sig], cgroup.path),
+                      sink.text())
+        self.assertIn('exited: pid=', sink.text())
+
+    def test_v2_sigterm_reaches_every_member(self):
+        self.kill_service(2, 700 * MIB, signal.SIGTERM)
+
+    def test_members_forked_after_the_scan_are_killed_too(self):
+        # The real /proc here (the fake tree cannot list a pid born during the
+        # kill); the target is this test's cgroup, memory is not consulted.
+        cgroup = KillCgroup(2)
+        leader, kids = self.start_service(cgroup, 'forker')
+        log, sink = make_log()
+        s = settings('/proc', kill_cgroup=True)
+        victim = bustd.read_process('/proc', leader.pid, os.sysconf('SC_PAGE_SIZE') // 1024)
+        target, refusal = bustd.make_cgroup_target(victim, bustd.load_kernel_calls(), '/proc',
+                                                   bustd.Policy(s))
+        self.assertIsNone(refusal)
+        self.assertEqual(sorted(m.pid for m in target.members), sorted([leader.pid] + kids))
+        self.assertTrue(target.open())
+        try:
+            result = bustd.kill_and_wait(target, signal.SIGTERM, lambda: signal.SIGTERM, log)
+        finally:
+            target.close()
+        self.assertTrue(result.exited, result.note)
+        # 4 scanned + at least the one forked on SIGTERM (each further SIGTERM
+        # that reaches the handler forks again: all of them are adopted too).
+        self.assertGreaterEqual(len(target.members), 5)
+        self.assertEqual(self.wait_empty(cgroup, leader), [])
+
+    def test_v2_sigkill_goes_through_cgroup_kill(self):
+        calls = bustd.load_kernel_calls()
+        if calls.pidfd_send_signal is None:
+            self.skipTest('no pidfds here')
+
+        def refuse(fd, sig):
+            raise OSError(errno.EPERM, 'refused by the test')
+        calls.pidfd_send_signal = refuse   # only cgroup.kill can kill anything now
+        self.kill_service(2, 300 * MIB, signal.SIGKILL, calls)
+
+    def test_v1_sigkill_through_pidfds(self):
+        self.kill_service(1, 300 * MIB, signal.SIGKILL)
+
+    def test_a_protected_member_means_the_victim_dies_alone(self):
+        cgroup = KillCgroup(2)
+        leader, kids = self.start_service(cgroup, 'sshd')
+        for pid in kids[1:]:           # only the leader and the "sshd" are candidates
+            os.unlink(os.path.join(self.proc.root, str(pid)))
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=700 * MIB)
+        sink = self.run_daemon()
+        self.assertEqual(reap(leader), -signal.SIGTERM)
+        self.assertIn('--kill-cgroup: not killing cgroup %s: it holds %d sshd (default: sshd)'
+                      % (cgroup.path, kids[0]), sink.text())
+        self.assertEqual(sorted(cgroup.pids()), sorted(kids))    # every other member lives
 
 
 HOG_CODE = textwrap.dedent(r"""
