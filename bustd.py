@@ -3727,9 +3727,13 @@ def sh_quote(token):
     return token if re.match(r'[\w@%+=:,./-]+\Z', token) else "'%s'" % token
 
 
-def options_text(template, args, quote=False):
-    """Return an options file: the template with BUSTD_ARGS set to args."""
-    words = ' '.join(sh_quote(a) if quote else a for a in args)
+def options_words(args, quote=False):
+    """Return args as the value of BUSTD_ARGS (each word shell-quoted with quote=True)."""
+    return ' '.join(sh_quote(a) if quote else a for a in args)
+
+
+def options_text(template, words):
+    """Return an options file: the template with BUSTD_ARGS set to words."""
     return template.replace('BUSTD_ARGS=""', 'BUSTD_ARGS="%s"' % words, 1)
 
 
@@ -3749,10 +3753,11 @@ def _read_text(path):
 def _options_step(path, template, args, quote=False):
     """Write the options file, or keep an existing one (and say so)."""
     current = _read_text(path)
+    words = options_words(args, quote)
     if current is None:
-        return [InstallStep('write', path, options_text(template, args, quote))]
+        return [InstallStep('write', path, options_text(template, words))]
     note = 'kept %s (BUSTD_ARGS="%s")' % (path, options_in(current) or '?')
-    if args and options_in(current) != options_text('BUSTD_ARGS=""', args, quote)[12:-1]:
+    if args and options_in(current) != words:
         note += ': your options were NOT written there; edit it, then restart bustd'
     return [InstallStep('say', text=note)]
 
@@ -3851,7 +3856,7 @@ def uninstall_plan(flavour, root):
                       InstallStep('run', argv=['rc-update', 'del', 'bustd', 'default'])]
         steps.append(InstallStep('remove', at + '/etc/runlevels/default/bustd'))
         steps += _remove_generated(at + '/etc/init.d/bustd', OPENRC_SCRIPT)
-        steps += _remove_options(at + '/etc/conf.d/bustd', OPENRC_CONF, quote=True)
+        steps += _remove_options(at + '/etc/conf.d/bustd', OPENRC_CONF)
     elif flavour == 'runit':
         for d in RUNIT_SERVICE_DIRS:
             link = at + d + '/bustd'
@@ -3881,15 +3886,14 @@ def _remove_generated(path, text):
                         '(edited?); remove it yourself' % path)]
 
 
-def _remove_options(path, template, quote=False):
+def _remove_options(path, template):
     """Remove an options file unless it was edited beyond its BUSTD_ARGS line."""
     current = _read_text(path)
     if current is None:
         return []
-    args = options_in(current)
-    if args is not None and current == template.replace(
-            'BUSTD_ARGS=""', 'BUSTD_ARGS="%s"' % args, 1):
-        return [InstallStep('say', text='options were: BUSTD_ARGS="%s"' % args),
+    words = options_in(current)
+    if words is not None and current == options_text(template, words):
+        return [InstallStep('say', text='options were: BUSTD_ARGS="%s"' % words),
                 InstallStep('remove', path)]
     return [InstallStep('say', text='left %s: edited beyond its BUSTD_ARGS line; remove it '
                         'yourself' % path)]
