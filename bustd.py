@@ -3874,6 +3874,8 @@ def uninstall_plan(flavour, root):
         steps.append(InstallStep('say', text='remove the ::respawn:%s line from /etc/inittab '
                                  'yourself, if you added it' % INSTALL_BIN))
     steps.append(InstallStep('remove', at + INSTALL_BIN))
+    if flavour != 'systemd' and os.path.exists(at + DEFAULT_LOG_FILE):
+        steps.append(InstallStep('say', text='left %s%s (bustd\'s log)' % (at, DEFAULT_LOG_FILE)))
     return steps
 
 
