@@ -2591,7 +2591,11 @@ class NamespaceTest(TempDirTest):
         self.assertTrue(wait_until(lambda: (bustd.read_small(children) or b'').strip()))
         sleeper = int(bustd.read_small(children).split()[0])
         tree = '/proc/%d/root/proc' % sleeper
-        self.assertTrue(wait_until(lambda: os.path.exists(tree + '/1/stat')))
+
+        def mounted():      # the namespace's own procfs, where pid 1 is the sleeper
+            stat = bustd.parse_stat(bustd.read_small(tree + '/1/stat') or b'')
+            return stat is not None and stat.name == 'sleep'
+        self.assertTrue(wait_until(mounted))
         with self.assertRaises(bustd.EnvironmentProblem):
             bustd.check_pid_namespace(tree)
         out = run_cli('--list', '--proc', tree)
