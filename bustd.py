@@ -1556,10 +1556,6 @@ class PatternTimeout(Exception):
     """A regex match on a command line ran past PATTERN_CPU_S (raised by SIGVTALRM)."""
 
 
-def _pattern_timeout(signum, frame):
-    raise PatternTimeout()
-
-
 class Policy(object):
     """Who may be killed and who first: the admin's lists and preferences."""
 
@@ -1575,23 +1571,31 @@ class Policy(object):
         self.match_cmdline = settings.match == 'cmdline'
         self.sort_by_rss = settings.sort_by_rss
         self.only_uid = only_uid   # not root: only our own processes can be signalled
-        self.bounded = False
+        self.bounded = self.matching = False
         if self.match_cmdline and (self.ignore or self.prefer or self.avoid):
             try:
-                signal.signal(signal.SIGVTALRM, _pattern_timeout)
+                signal.signal(signal.SIGVTALRM, self.on_timer)
                 self.bounded = True
             except (ValueError, AttributeError):   # not the main thread; not Unix
                 pass
+
+    def on_timer(self, signum, frame):
+        """SIGVTALRM: end the match in progress (a late alarm after it is ignored)."""
+        if self.matching:
+            self.matching = False
+            raise PatternTimeout()
 
     def search(self, regex, text, p):
         """Return regex.search(text), None past PATTERN_CPU_S of CPU on a command line."""
         if not self.bounded:
             return regex.search(text)
         try:
+            self.matching = True
             signal.setitimer(signal.ITIMER_VIRTUAL, PATTERN_CPU_S)
             try:
                 return regex.search(text)
             finally:
+                self.matching = False
                 signal.setitimer(signal.ITIMER_VIRTUAL, 0)
         except PatternTimeout:
             if self.log is not None:
