@@ -3028,6 +3028,27 @@ class LogFallbackTest(TempDirTest):
         self.assertIn('after', read_text(path))
         self.assertNotIn('after', fallback.text())
 
+    def test_where_lines_go_when_the_log_fails(self):
+        path = os.path.join(self.tmp, 'bustd.log')
+        foreground, daemon = bustd.Settings(daemon=False), bustd.Settings(daemon=True)
+        choose = bustd.choose_fallback_sink
+        self.assertIsInstance(choose(foreground, bustd.FileSink(path), {}), bustd.StderrSink)
+        self.assertIsInstance(choose(foreground, bustd.SyslogSink(), {}), bustd.StderrSink)
+        self.assertIsNone(choose(foreground, bustd.StderrSink(environ={}), {}))
+        # A daemon's stderr is /dev/null: syslog where it listens, else the kernel log.
+        self.assertIsInstance(choose(daemon, bustd.SyslogSink(), {}), bustd.KmsgSink)
+        self.assertIsInstance(choose(daemon, bustd.FileSink(path), {}),
+                              bustd.SyslogSink if bustd._is_socket('/dev/log')
+                              else bustd.KmsgSink)
+
+    def test_kernel_log_records(self):
+        path = os.path.join(self.tmp, 'kmsg')
+        open(path, 'w').close()
+        sink = bustd.KmsgSink(path)
+        self.assertTrue(sink.write(3, 'kill: SIGTERM pid=1'))
+        self.assertEqual(read_text(path), '<3>bustd[%d]: kill: SIGTERM pid=1\n' % os.getpid())
+        self.assertFalse(bustd.KmsgSink(os.path.join(self.tmp, 'none')).write(6, 'x'))
+
     def test_a_fifo_log_file_is_refused_at_once(self):
         fifo = os.path.join(self.tmp, 'fifo')
         os.mkfifo(fifo)
