@@ -2376,6 +2376,7 @@ class Helpers(object):
         self.clock = clock
         self.timeout_s = timeout_s
         self.running = {}   # pid -> Helper
+        self.timed_out = set()   # pids of this batch killed at their deadline
 
     def start_batch(self, commands, timeout_s=None):
         """Start the commands; return their pids ([] if a batch is still running)."""
@@ -2385,6 +2386,7 @@ class Helpers(object):
                 ', '.join(h.label for h in self.running.values()),
                 ', '.join(c.label for c in commands)))
             return []
+        self.timed_out.clear()
         deadline = self.clock() + (self.timeout_s if timeout_s is None else timeout_s)
         pids = []
         for command in commands:
@@ -2440,6 +2442,7 @@ class Helpers(object):
                         kill(pid, signal.SIGKILL)
                     except OSError:
                         pass
+                self.timed_out.add(pid)
                 helper.deadline = None   # killed: reaped below, or on a later poll if it
                 #                          sits in uninterruptible sleep (never waited for)
             done, status = _reap(pid, patience_s=0.1 if helper.deadline is None else 0)
@@ -2449,14 +2452,16 @@ class Helpers(object):
                              else 'killed after its %.1f s timeout' % helper.timeout_s)
 
     def wait(self, pids, budget_s, interrupt=None):
-        """Wait up to budget_s for pids to finish (interrupt() True stops early)."""
+        """Wait up to budget_s for pids to finish; return False if one did not in time
+        (interrupt() True stops early)."""
         deadline = self.clock() + budget_s
         while any(pid in self.running for pid in pids):
             self.poll()
             if self.clock() >= deadline or (interrupt is not None and interrupt()):
                 return False
             time.sleep(KILL_POLL_S)
-        return True
+        # Killed at its own deadline (which a poll may reach first) is not finished.
+        return not self.timed_out.intersection(pids)
 
     def kill(self, pids):
         """Kill the given helpers now (a before-hook that overran its budget)."""

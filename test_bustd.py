@@ -2708,6 +2708,21 @@ class HelpersTest(TempDirTest):
         waiter(0.05)
         self.assertIsNone(waiter.woken_by)       # unregistered: a plain sleep again
 
+    def test_a_helper_killed_at_its_deadline_did_not_finish_in_time(self):
+        hook = self.script('hook', tail='exec sleep 1000')
+        # start_batch reads the clock 3 times, wait once; then every poll is past the
+        # helper's deadline (0.5) but not wait's own (0.6).
+        times = [0.0, 0.0, 0.0, 0.1, 0.55]
+        clock = lambda: times.pop(0) if len(times) > 1 else times[0]
+        helpers = bustd.Helpers(self.log, clock=clock)
+        pids = helpers.start_batch([bustd.Command([hook], {}, '-P hook')], timeout_s=0.5)
+        self.addCleanup(helpers.kill, pids)
+        # The first poll kills and reaps it (its deadline passed): not a finish.
+        self.assertFalse(helpers.wait(pids, 0.5))
+        self.assertEqual(helpers.running, {})
+        self.assertIn('-P hook (pid %d): killed after its 0.5 s timeout' % pids[0],
+                      self.sink.text())
+
     def test_running_helpers_are_named_records(self):
         hook = self.script('hook', tail='sleep 5')
         helpers = bustd.Helpers(self.log, clock=lambda: 100.0, timeout_s=7)
