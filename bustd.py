@@ -12,8 +12,12 @@ Decision rule (defaults, all configurable, all printed at start-up)
   SIGTERM  when MemAvailable <= 10 % of RAM  and  free swap <= 10 % of swap
   SIGKILL  when MemAvailable <=  5 % of RAM  and  free swap <=  5 % of swap
            (no swap configured counts as "swap low")
-  SIGTERM  also when memory pressure (PSI "some" avg10) >= 25 while
-           MemAvailable <= 15 %: thrashing that a large swap would hide.
+  SIGTERM  also when tasks stalled on memory (PSI "full" total=) for 5 s
+           within 20 s while anonymous memory, in RAM or swap, kept growing
+           toward exhausting RAM and swap (zram counted at its real RAM
+           cost): thrashing that a large swap hides, told from a burst that
+           swap absorbs (it stops growing).  Without swap, PSI "some" avg10
+           >= 25 while MemAvailable <= 15 % does that job.
   Victim   the highest /proc/PID/oom_score (ties: larger RSS), never a
            protected process (sshd, systemd, package managers, ...).
 
@@ -3069,9 +3073,11 @@ DESCRIPTION
   When both available memory and free swap fall to their SIGTERM levels
   it sends SIGTERM to one victim (highest oom_score, ties: larger RSS),
   escalating to SIGKILL when memory reaches the SIGKILL levels or the
-  victim ignores SIGTERM for 5 s.  It also sends SIGTERM when PSI "some"
-  avg10 reaches --psi while available memory is below --psi-mem-max: the
-  thrashing a big swap hides.  It waits for each victim to exit (at most
+  victim ignores SIGTERM for 5 s.  It also sends SIGTERM on thrashing:
+  when tasks stalled on memory (PSI "full") for --thrash ms within 20 s
+  while memory demand kept growing toward running out (a burst that
+  swap absorbs stops growing, and is spared); without swap, when PSI
+  "some" avg10 reaches --psi while available memory is below --psi-mem-max.  It waits for each victim to exit (at most
   10 s) before choosing another, and never kills PID 1, kernel threads,
   itself, exiting processes, oom_score_adj -1000 or protected processes.'''
 
@@ -3308,7 +3314,7 @@ def build_parser():
                    help='read processes and memory from DIR (e.g. a host /proc mounted in '
                         'a container)')
     g.add_argument('--sys', dest='sys_fs', metavar='DIR', default='/sys',
-                   help='sysfs root for cgroup discovery (default /sys)')
+                   help='sysfs root for cgroup discovery and zram figures (default /sys)')
     g.add_argument('-h', '--help', action='help', help='show this manual and exit')
     g.add_argument('--version', action='version', version='%s %s' % (PROG, __version__))
     return parser
