@@ -12,8 +12,8 @@ Decision rule (defaults, all configurable, all printed at start-up)
   SIGTERM  when MemAvailable <= 10 % of RAM  and  free swap <= 10 % of swap
   SIGKILL  when MemAvailable <=  5 % of RAM  and  free swap <=  5 % of swap
            (no swap configured counts as "swap low")
-  SIGTERM  also when tasks stalled on memory (PSI "full" total=) for 5 s
-           within 20 s while anonymous memory, in RAM or swap, kept growing
+  SIGTERM  also when tasks stalled on memory (PSI "full" total=) for 8 s
+           within 30 s while anonymous memory, in RAM or swap, kept growing
            toward exhausting RAM and swap (zram counted at its real RAM
            cost): thrashing that a large swap hides, told from a burst that
            swap absorbs (it stops growing).  Without swap, PSI "some" avg10
@@ -76,11 +76,12 @@ DEFAULT_PSI_MEM_MAX_PERCENT = 15.0   # bustd's figure
 # only the time when anonymous memory (in RAM or swap) grew fast enough to
 # exhaust RAM and swap within the horizon.  A burst stops growing and stops
 # counting; a leak keeps both going.  In the lab (qemu, stock Debian 6.1
-# kernel, 1 GiB guest, zram or disk swap) a healthy 850 MB burst stalled up
-# to 4.5 s while still growing: the budget is above that (see the README).
-DEFAULT_THRASH_STALL_MS = 5000
+# kernel, 1 GiB guest, zram swap) a healthy 850 MB burst, slowed by its own
+# stall, stalled up to about 7 s while still growing: the budget is above
+# that (see the README).
+DEFAULT_THRASH_STALL_MS = 8000
 DEFAULT_THRASH_HORIZON_S = 60.0
-THRASH_WINDOW_S = 20.0
+THRASH_WINDOW_S = 30.0
 THRASH_GROWTH_WINDOW_S = 0.5   # growth is measured over this long (and lags by it)
 THRASH_POLL_S = 0.1            # poll at least this often while tasks stall on memory
 
@@ -3074,7 +3075,7 @@ DESCRIPTION
   it sends SIGTERM to one victim (highest oom_score, ties: larger RSS),
   escalating to SIGKILL when memory reaches the SIGKILL levels or the
   victim ignores SIGTERM for 5 s.  It also sends SIGTERM on thrashing:
-  when tasks stalled on memory (PSI "full") for --thrash ms within 20 s
+  when tasks stalled on memory (PSI "full") for --thrash ms within 30 s
   while memory demand kept growing toward running out (a burst that
   swap absorbs stops growing, and is spared); without swap, when PSI
   "some" avg10 reaches --psi while available memory is below --psi-mem-max.  It waits for each victim to exit (at most
@@ -3155,11 +3156,11 @@ def _thrash_ms(text):
     try:
         value = int(text)
     except ValueError:
-        raise ValueError('%r is not a whole number of milliseconds; give e.g. --thrash 5000, '
+        raise ValueError('%r is not a whole number of milliseconds; give e.g. --thrash 8000, '
                          'or off' % text)
     if not 0 < value <= THRASH_WINDOW_S * 1000:
         raise ValueError('%s ms is not between 1 and %d (the stall is counted over %g s); '
-                         'give e.g. --thrash 5000' % (text, THRASH_WINDOW_S * 1000,
+                         'give e.g. --thrash 8000' % (text, THRASH_WINDOW_S * 1000,
                                                       THRASH_WINDOW_S))
     return value
 
