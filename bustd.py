@@ -84,6 +84,7 @@ DEFAULT_THRASH_HORIZON_S = 60.0
 THRASH_WINDOW_S = 30.0
 THRASH_GROWTH_WINDOW_S = 0.5   # growth is measured over this long (and lags by it)
 THRASH_POLL_S = 0.1            # poll at least this often while tasks stall on memory
+THRASH_SAMPLE_S = 0.05         # keep at most one sample per this long (600 per window)
 
 # Polling.  The sleep is headroom / fill rate, clamped to [floor, ceiling].
 # Measured on a 2-core host: a C hog fills 2.2 GB/s with THP, 3.3 GB/s with
@@ -1255,17 +1256,20 @@ class Trend(object):
     """The recent exact readings the thrashing rule looks back on.
 
     samples: (time_s, stall_total_us, demand_kib, counted_us), oldest first,
-    over THRASH_WINDOW_S plus the growth window.  counted_us is the stall
-    since the previous sample when, at that moment, demand grew fast enough
-    to exhaust room_kib within the horizon; left_s is that time at the
-    latest sample (None: demand is not growing).  A reading without a stall
-    figure (cheap, unreadable, no PSI) starts the history afresh.
+    over window_s, at most one per THRASH_SAMPLE_S (polls 10 ms apart would
+    make thousands; the stall between two samples counts at the later one).
+    counted_us is the stall since the previous sample when, at that moment,
+    demand grew fast enough to exhaust room_kib within the horizon; left_s
+    is that time at the latest sample (None: demand is not growing).  A
+    reading without a stall figure (cheap, unreadable, no PSI) starts the
+    history afresh.
     """
 
     def __init__(self, window_s=THRASH_WINDOW_S, growth_window_s=THRASH_GROWTH_WINDOW_S):
         self.window_s = window_s
         self.growth_window_s = growth_window_s
         self.samples = []
+        self.counted_us = 0      # the sum of the samples' counted_us
         self.left_s = None
         self.stalling = False
 
@@ -1275,39 +1279,40 @@ class Trend(object):
         if not reading.exact or reading.stall_total_us is None or demand is None:
             self.clear()
             return
+        samples = self.samples
+        if samples and now_s - samples[-1][0] < THRASH_SAMPLE_S:
+            return
         stall_us = reading.stall_total_us
         self.left_s = None
         past = None
-        for sample in self.samples:     # the latest sample a growth window old
-            if sample[0] > now_s - self.growth_window_s:
+        for sample in reversed(samples):     # the latest sample a growth window old
+            if sample[0] <= now_s - self.growth_window_s:
+                past = sample
                 break
-            past = sample
-        if past is not None and now_s > past[0] and demand > past[2]:
+        if past is not None and demand > past[2]:
             self.left_s = room_kib(reading) * (now_s - past[0]) / float(demand - past[2])
         counted = 0
         self.stalling = False
-        if self.samples:
+        if samples:
             # max(): a counter that went back (a new cgroup) is no stall.
-            stalled = max(0, stall_us - self.samples[-1][1])
+            stalled = max(0, stall_us - samples[-1][1])
             self.stalling = stalled > 0
             if self.left_s is not None and self.left_s <= horizon_s:
                 counted = stalled
-        self.samples.append((now_s, stall_us, demand, counted))
-        cutoff = now_s - self.window_s - self.growth_window_s
-        while self.samples[0][0] < cutoff:
-            del self.samples[0]
+        samples.append((now_s, stall_us, demand, counted))
+        self.counted_us += counted
+        while samples[0][0] <= now_s - self.window_s:
+            self.counted_us -= samples.pop(0)[3]
 
     def clear(self):
         del self.samples[:]
+        self.counted_us = 0
         self.left_s = None
         self.stalling = False
 
     def stall_ms(self):
         """Return the stall counted within the last window_s, in ms."""
-        if not self.samples:
-            return 0
-        since = self.samples[-1][0] - self.window_s
-        return sum(s[3] for s in self.samples if s[0] > since) // 1000
+        return self.counted_us // 1000
 
 
 RULE_MEMORY, RULE_PSI, RULE_THRASH = 'memory', 'psi', 'thrash'
