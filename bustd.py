@@ -725,7 +725,7 @@ def find_zram_swaps(proc, sys_fs):
     """Return the mm_stat paths of the zram devices that are swap (/proc/swaps)."""
     paths = []
     for line in (read_file(proc + '/swaps') or b'').split(b'\n')[1:]:
-        device = line.split(b' ', 1)[0]
+        device = (line.split() or [b''])[0]
         name = os.path.basename(device.decode('utf-8', 'replace'))
         if device.startswith(b'/dev/zram') and name[4:].isdigit():
             paths.append('%s/block/%s/mm_stat' % (sys_fs, name))

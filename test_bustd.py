@@ -568,12 +568,17 @@ class ThrashRuleTest(unittest.TestCase):
         self.assertEqual(bustd.room_kib(disk), 724 * MIB)
         self.assertEqual(bustd.demand_kib(disk), 900 * MIB)
 
+    def fed(self, th, timeline, until_s):
+        """Return a Trend fed timeline's readings every 0.1 s before until_s."""
+        trend = bustd.Trend()
+        for i in range(int(until_s * 10)):
+            trend.add(i / 10.0, timeline(i / 10.0), th.thrash_horizon_s)
+        return trend
+
     def test_old_stall_leaves_the_window(self):
         th = self.th()
-        trend = bustd.Trend()
         leak = lab_like()
-        for i in range(25):
-            trend.add(i / 10.0, leak(i / 10.0), th.thrash_horizon_s)
+        trend = self.fed(th, leak, 2.5)
         self.assertGreater(trend.stall_ms(), 500)
         quiet = leak(2.4)
         steps = int(bustd.THRASH_WINDOW_S * 10) + 20   # a window and 2 s, still
@@ -588,9 +593,7 @@ class ThrashRuleTest(unittest.TestCase):
         leak = lab_like()
         for broken in ('stall_total_us', 'anon_kib', 'exact'):
             with self.subTest(broken):
-                trend = bustd.Trend()
-                for i in range(30):
-                    trend.add(i / 10.0, leak(i / 10.0), th.thrash_horizon_s)
+                trend = self.fed(th, leak, 3.0)
                 self.assertGreater(trend.stall_ms(), 0)
                 r = leak(3.0)
                 setattr(r, broken, False if broken == 'exact' else None)
@@ -599,10 +602,8 @@ class ThrashRuleTest(unittest.TestCase):
 
     def test_a_counter_that_goes_back_is_no_stall(self):
         th = self.th()
-        trend = bustd.Trend()
         leak = lab_like()
-        for i in range(20):
-            trend.add(i / 10.0, leak(i / 10.0), th.thrash_horizon_s)
+        trend = self.fed(th, leak, 2.0)
         before = trend.stall_ms()
         r = leak(2.0)
         r.stall_total_us = 5
