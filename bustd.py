@@ -1324,8 +1324,8 @@ def decide_rule(reading, th, trend=None):
     Memory rule: available memory AND free swap both at or below their
     levels (no swap counts as low).  PSI rule: "some" avg10 at or above
     th.psi_avg10 while available memory is at or below th.psi_mem_max_kib,
-    without swap (or with the thrashing rule off).  Thrashing rule: the trend's counted stall (see Trend) reaches
-    th.thrash_stall_ms.
+    without swap (or with the thrashing rule off).  Thrashing rule: the
+    trend's counted stall (see Trend) reaches th.thrash_stall_ms.
     """
     avail = reading.mem_available_kib
     no_swap = reading.swap_total_kib == 0
@@ -3083,8 +3083,9 @@ DESCRIPTION
   when tasks stalled on memory (PSI "full") for --thrash ms within 30 s
   while memory demand kept growing toward running out (a burst that
   swap absorbs stops growing, and is spared); without swap, when PSI
-  "some" avg10 reaches --psi while available memory is below --psi-mem-max.  It waits for each victim to exit (at most
-  10 s) before choosing another, and never kills PID 1, kernel threads,
+  "some" avg10 reaches --psi while available memory is below
+  --psi-mem-max.  It waits for each victim to exit (at most 10 s)
+  before choosing another, and never kills PID 1, kernel threads,
   itself, exiting processes, oom_score_adj -1000 or protected processes.'''
 
 EPILOG = '''\
@@ -3101,7 +3102,8 @@ POLLING
   near a threshold.  The next poll comes after the time the headroom lasts
   at 8 GiB/s (swap: 800 MiB/s), between 10 ms and 3 s.  A PSI trigger
   (some 150 ms per 1 s) and, for cgroup v1, a usage threshold event wake it
-  early.
+  early.  While tasks stall on memory it polls at least every 100 ms, so
+  the thrashing rule measures its windows.
 
 PROTECTED BY DEFAULT (--no-default-unkillables turns this off)
   {protected}
