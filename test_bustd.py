@@ -7,7 +7,9 @@ session or cgroup); tests that need real memory pressure do it inside a
 memory cgroup of their own, with a small limit.
 """
 import errno
+import io
 import os
+import re
 import shutil
 import signal
 import socket
@@ -170,6 +172,28 @@ def stop(child):
     child.wait()
     if child.stdout is not None:
         child.stdout.close()
+
+
+def calls_refusing_signals(test):
+    """Real KernelCalls whose pidfd_send_signal answers EPERM, as an LSM might."""
+    calls = bustd.load_kernel_calls()
+    if calls.pidfd_send_signal is None:
+        test.skipTest('no pidfds here')
+
+    def refused(fd, sig):
+        raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+    calls.pidfd_send_signal = refused
+    return calls
+
+
+def make_process(pid, name='w', state='S', ppid=100, pgrp=None, session=None, flags=0,
+                 starttime=5000, rss_kib=1024, uid=0, oom_score=100, adj=0):
+    """Return a bustd.Process built whole, as the scan would."""
+    stat = bustd.ProcStat(pid=pid, name=name, state=state, ppid=ppid,
+                          pgrp=pid if pgrp is None else pgrp,
+                          session=pid if session is None else session, flags=flags,
+                          starttime=starttime, rss_pages=rss_kib // 4)
+    return bustd.Process(stat, rss_kib, uid, oom_score, adj)
 
 
 def reap(child, timeout=10):
@@ -625,9 +649,9 @@ class ThrashRuleTest(unittest.TestCase):
     def test_the_memory_and_psi_rules_come_first(self):
         th = self.th()
         low = swap_reading(50 * MIB, 900 * MIB, 950 * MIB, 0)
-        self.assertEqual(bustd.decide_rule(low, th, bustd.Trend()), (signal.SIGKILL, 'memory'))
+        self.assertEqual(bustd.decide_rule(low, th, bustd.Trend()), (signal.SIGKILL, 'swap'))
         self.assertEqual(bustd.decide_rule(reading(1000 * MIB, 140 * MIB, psi=30.0), th),
-                         (signal.SIGTERM, 'psi'))
+                         (signal.SIGTERM, 'pressure'))
         self.assertEqual(bustd.decide_rule(reading(1000 * MIB, 500 * MIB), th), (0, None))
 
     def test_kill_line_names_the_rule_and_its_figures(self):
@@ -904,8 +928,7 @@ class SelectionTest(TempDirTest):
     def test_never_killed(self):
         cases = [
             ('init', dict(pid=1, oom_score=2000)),
-            ('kthreadd', dict(pid=2, ppid=0, oom_score=2000)),
-            ('kernel thread by parent', dict(pid=30, ppid=2, oom_score=2000)),
+            ('kthreadd', dict(pid=2, ppid=0, flags=bustd.PF_KTHREAD, oom_score=2000)),
             ('kernel thread by flag', dict(pid=31, ppid=1, flags=bustd.PF_KTHREAD, oom_score=2000)),
             ('zombie', dict(pid=32, state='Z', oom_score=2000)),
             ('dead', dict(pid=33, state='X', oom_score=2000)),
@@ -922,7 +945,7 @@ class SelectionTest(TempDirTest):
                 self.proc.remove(pid)
 
     def test_kernel_threads_are_not_even_listed(self):
-        self.proc.add(30, ppid=2, name='kworker/0:1')
+        self.proc.add(30, ppid=2, name='kworker/0:1', flags=bustd.PF_KTHREAD)
         self.proc.add(10)
         self.assertEqual([p.pid for p in self.scan()], [10])
 
@@ -1060,8 +1083,7 @@ class PolicyTest(TempDirTest):
 
 class GroupRefusalTest(unittest.TestCase):
     def member(self, pid, pgrp=50, session=50, protected=None, never=None, name='w'):
-        p = bustd.Process()
-        p.pid, p.pgrp, p.session, p.name = pid, pgrp, session, name
+        p = make_process(pid, name=name, pgrp=pgrp, session=session)
         p.protected, p.never = protected, never
         return p
 
@@ -1146,14 +1168,13 @@ class RealKillTest(TempDirTest):
                 break
             now[0] += 0.1
         self.assertEqual(reap(child), -signal.SIGTERM)
-        self.assertEqual(d.rule, 'thrash')
         self.assertTrue(all(delay <= bustd.THRASH_POLL_S for delay in delays[1:]), delays)
         line = next(m for _, m in sink.lines if m.startswith('kill: SIGTERM'))
         self.assertRegex(line, r' rule=thrash mem_available=120\.0MiB\(12\.0%\) .* '
                                r'stall=8[01]\d\dms/30s left=\d+\.\ds$')
         # 0.5 s to measure growth, then the budget at 60 % of stall
         self.assertGreaterEqual(i, int(bustd.DEFAULT_THRASH_STALL_MS / 60.0))
-        self.assertEqual(d.trend.samples, [])   # the next victim starts afresh
+        self.assertEqual(d.trend.stall_ms(), 0)   # the next victim starts afresh
 
     def test_no_psi_turns_the_thrashing_rule_off_and_says_so(self):
         os.unlink(os.path.join(self.proc.root, 'pressure/memory'))
@@ -1321,16 +1342,9 @@ class RealKillTest(TempDirTest):
     def test_a_signal_that_fails_is_no_kill_and_no_spin(self):
         child = self.victim()
         self.proc.meminfo(total_kib=8 * GIB, avail_kib=700 * MIB)
-        calls = bustd.load_kernel_calls()
-        if calls.pidfd_send_signal is None:
-            self.skipTest('no pidfds here')
-
-        def refused(fd, sig):
-            raise OSError(errno.EPERM, os.strerror(errno.EPERM))
-        calls.pidfd_send_signal = refused              # as an LSM might answer
-        d, sink = self.daemon(calls=calls)
-        self.assertEqual(d.step(), bustd.NO_VICTIM_RETRY_S)
-        self.assertEqual(d.step(), bustd.NO_VICTIM_RETRY_S)
+        d, sink = self.daemon(calls=calls_refusing_signals(self))
+        self.assertGreater(d.step(), 0)                            # a back-off, not a spin
+        self.assertEqual(d.step(), bustd.NO_VICTIM_RETRY_S)        # passed over: nobody left
         self.assertEqual(d.kills, 0)
         self.assertEqual(sink.text().count('cannot signal it: Operation not permitted'), 1)
         self.assertIsNone(child.poll())
@@ -1441,6 +1455,70 @@ class GroupKillTest(TempDirTest):
         sink = self.run_daemon()
         self.assertEqual(reap(child), -signal.SIGTERM)   # killed alone
         self.assertIn('not signalling process group', sink.text())
+
+
+class KillCgroupRefusalTest(unittest.TestCase):
+    """--kill-cgroup: which cgroups are never killed as a whole."""
+
+    def member(self, pid, name='worker', never=None, protected=None):
+        p = make_process(pid, name=name)
+        p.never, p.protected = never, protected
+        return p
+
+    def test_refusals(self):
+        root = '/sys/fs/cgroup'
+        ok = [self.member(50), self.member(51, never='exiting')]
+        cases = [
+            # (cgroup, own, watched, members, has_children, expected)
+            (root + '/app.slice/foo.service', root + '/bustd.service', None, ok, False, None),
+            (root, root + '/bustd.service', None, ok, False, 'root cgroup'),
+            (root + '/init.scope', None, None, ok, False, 'init.scope'),
+            (root + '/bustd.service', root + '/bustd.service', None, ok, False, 'bustd itself'),
+            (root + '/system.slice', root + '/system.slice/bustd.service', None, ok, False,
+             'bustd itself'),
+            (root + '/sys', root + '/system.slice/bustd.service', None, ok, False, None),
+            (root + '/build.slice', None, root + '/build.slice', ok, False, 'watched --cgroup'),
+            (root + '/build.slice/a', None, root + '/build.slice', ok, False, None),
+            (root + '/app.slice', None, None, ok, True, 'not a leaf'),
+            (root + '/app.slice/x', None, None, ok + [self.member(1, never='init')], False,
+             'holds 1 worker (init)'),
+            (root + '/app.slice/x', None, None,
+             ok + [self.member(60, 'sshd', protected='default: sshd')], False,
+             'holds 60 sshd (default: sshd)'),
+            (root + '/app.slice/x', None, None,
+             ok + [self.member(61, never='oom_score_adj -1000')], False, 'oom_score_adj -1000'),
+        ]
+        for path, own, watched, members, children, expected in cases:
+            with self.subTest(path=path, own=own):
+                refusal = bustd.cgroup_kill_refusal(path, root, own, watched, members, children)
+                if expected is None:
+                    self.assertIsNone(refusal)
+                else:
+                    self.assertIn(expected, refusal or '')
+
+    def test_victim_cgroup_prefers_v2_unless_in_its_root(self):
+        tmp = tempfile.mkdtemp(prefix='bustd-test-')
+        self.addCleanup(shutil.rmtree, tmp, True)
+        proc = FakeProc(os.path.join(tmp, 'proc'))
+        proc.write('self/mountinfo', (
+            '30 20 0:26 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n'
+            '31 20 0:27 /ctr /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory\n'
+        ).encode())
+        proc.write('7/cgroup', b'4:memory:/ctr/svc\n0::/app.slice/a.scope\n')
+        proc.write('8/cgroup', b'4:memory:/ctr/svc\n0::/\n')
+        proc.write('9/cgroup', b'1:name=systemd:/x\n')
+        self.assertEqual(bustd.victim_cgroup(proc.root, 7),
+                         ('/sys/fs/cgroup/unified/app.slice/a.scope', '/sys/fs/cgroup/unified', 2))
+        self.assertEqual(bustd.victim_cgroup(proc.root, 8),
+                         ('/sys/fs/cgroup/memory/svc', '/sys/fs/cgroup/memory', 1))
+        self.assertEqual(bustd.victim_cgroup(proc.root, 7, version=1),
+                         ('/sys/fs/cgroup/memory/svc', '/sys/fs/cgroup/memory', 1))
+        self.assertIsNone(bustd.victim_cgroup(proc.root, 9))
+
+    def test_cli_refuses_with_kill_pgroup(self):
+        out = run_cli('--kill-cgroup', '-g', '--list')
+        self.assertEqual(out.returncode, 2)
+        self.assertIn('choose one', out.stderr)
 
 
 # ----------------------------------------------------------------------------
@@ -1726,6 +1804,168 @@ class TestCgroup(object):
                 time.sleep(0.05)
 
 
+class KillCgroup(TestCgroup):
+    """A cgroup made by a test (v2, or v1 memory) for kill tests; no memory limit needed."""
+
+    def __init__(self, version):
+        if os.geteuid() != 0:
+            raise unittest.SkipTest('not root: cannot create a cgroup')
+        with open('/proc/self/mountinfo') as f:
+            mounts = bustd.parse_mountinfo_cgroups(f.read())
+        with open('/proc/self/cgroup') as f:
+            own = bustd.parse_proc_cgroup(f.read())
+        key = 'v%d' % version
+        if key not in mounts or key not in own:
+            raise unittest.SkipTest('no cgroup %s hierarchy here' % key)
+        base = bustd._cgroup_dir(mounts[key][0], mounts[key][1], own[key])
+        try:
+            self.path = tempfile.mkdtemp(prefix='bustd-test-', dir=base)
+        except OSError as exc:
+            raise unittest.SkipTest('cannot create a cgroup under %s: %s' % (base, exc))
+        self.version = version
+
+
+class KillCgroupTest(TempDirTest):
+    """--kill-cgroup for real: a leader and its children in a test-made cgroup."""
+
+    SERVICE = textwrap.dedent("""
+        import ctypes, os, signal, sys, time
+        with open('/proc/self/oom_score_adj', 'w') as f:
+            f.write('1000')
+        def fork_on_term(signum, frame):
+            if os.fork() == 0:           # a member born after the scan
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                while True:
+                    time.sleep(1)
+            os._exit(0)
+        kids = []
+        ready_r, ready_w = os.pipe()
+        for i in range(3):
+            pid = os.fork()
+            if pid == 0:
+                if i == 0 and 'sshd' in sys.argv:
+                    ctypes.CDLL(None).prctl(15, b'sshd', 0, 0, 0)   # PR_SET_NAME
+                if i == 1 and 'forker' in sys.argv:
+                    signal.signal(signal.SIGTERM, fork_on_term)
+                os.write(ready_w, b'.')
+                while True:
+                    time.sleep(1)
+            kids.append(pid)
+        ready = b''
+        while len(ready) < 3:
+            ready += os.read(ready_r, 3)
+        sys.stdout.write(' '.join(map(str, kids)) + '\\n')
+        sys.stdout.flush()
+        while True:
+            time.sleep(1)
+    """)
+
+    def setUp(self):
+        TempDirTest.setUp(self)
+        # victim_cgroup() reads the mounts and bustd's own cgroup through --proc.
+        for name in ('mountinfo', 'cgroup'):
+            with open('/proc/self/' + name, 'rb') as f:
+                self.proc.write('self/' + name, f.read())
+
+    def start_service(self, cgroup, *args):
+        leader = subprocess.Popen([sys.executable, '-c', self.SERVICE] + list(args),
+                                  stdout=subprocess.PIPE, start_new_session=True,
+                                  preexec_fn=cgroup.join())
+        kids = [int(x) for x in leader.stdout.readline().split()]
+
+        def cleanup():
+            cgroup.remove()
+            leader.wait()
+            leader.stdout.close()
+        self.addCleanup(cleanup)
+        for pid in [leader.pid] + kids:
+            self.proc.link(pid)
+        return leader, kids
+
+    def run_daemon(self, calls=None, **kw):
+        log, sink = make_log(verbose=True)
+        s = settings(self.proc, kill_cgroup=True, **kw)
+        sensor = bustd.MachineSensor(s.proc)
+        sensor.check()
+        d = bustd.Daemon(s, sensor, bustd.Policy(s), calls or bustd.load_kernel_calls(), log)
+        d.start()
+        d.step()
+        return sink
+
+    def wait_empty(self, cgroup, leader):
+        reap(leader)
+        deadline = time.monotonic() + 10
+        while cgroup.pids() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return cgroup.pids()
+
+    def kill_service(self, version, avail_kib, sig, calls=None):
+        """Start a service in a new cgroup, let bustd act; check every member died, no one else."""
+        cgroup = KillCgroup(version)
+        leader, kids = self.start_service(cgroup)
+        bystander = start_victim()      # oom_score_adj 1000 too; not in the tree nor the cgroup
+        self.addCleanup(stop, bystander)
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=avail_kib)
+        sink = self.run_daemon(calls)
+        self.assertEqual(self.wait_empty(cgroup, leader), [], sink.text())
+        self.assertEqual(leader.returncode, -sig)
+        self.assertIsNone(bystander.poll())
+        self.assertIn('kill: %s cgroup=%s pid=' % (bustd.SIGNAL_NAMES[sig], cgroup.path),
+                      sink.text())
+        self.assertIn('exited: pid=', sink.text())
+
+    def test_v2_sigterm_reaches_every_member(self):
+        self.kill_service(2, 700 * MIB, signal.SIGTERM)
+
+    def test_members_forked_after_the_scan_are_killed_too(self):
+        # The real /proc here (the fake tree cannot list a pid born during the
+        # kill); the target is this test's cgroup, memory is not consulted.
+        cgroup = KillCgroup(2)
+        leader, kids = self.start_service(cgroup, 'forker')
+        log, sink = make_log()
+        s = settings('/proc', kill_cgroup=True)
+        victim = bustd.read_process('/proc', leader.pid, os.sysconf('SC_PAGE_SIZE') // 1024)
+        target, refusal = bustd.make_cgroup_target(victim, bustd.load_kernel_calls(), '/proc',
+                                                   bustd.Policy(s))
+        self.assertIsNone(refusal)
+        self.assertEqual(sorted(m.pid for m in target.members), sorted([leader.pid] + kids))
+        self.assertTrue(target.open())
+        try:
+            result = bustd.kill_and_wait(target, signal.SIGTERM, lambda: signal.SIGTERM, log)
+        finally:
+            target.close()
+        self.assertTrue(result.exited, result.note)
+        # 4 scanned + at least the one forked on SIGTERM (each further SIGTERM
+        # that reaches the handler forks again: all of them are adopted too).
+        self.assertGreaterEqual(len(target.members), 5)
+        self.assertEqual(self.wait_empty(cgroup, leader), [])
+
+    def test_v2_sigkill_goes_through_cgroup_kill(self):
+        calls = bustd.load_kernel_calls()
+        if calls.pidfd_send_signal is None:
+            self.skipTest('no pidfds here')
+
+        def refuse(fd, sig):
+            raise OSError(errno.EPERM, 'refused by the test')
+        calls.pidfd_send_signal = refuse   # only cgroup.kill can kill anything now
+        self.kill_service(2, 300 * MIB, signal.SIGKILL, calls)
+
+    def test_v1_sigkill_through_pidfds(self):
+        self.kill_service(1, 300 * MIB, signal.SIGKILL)
+
+    def test_a_protected_member_means_the_victim_dies_alone(self):
+        cgroup = KillCgroup(2)
+        leader, kids = self.start_service(cgroup, 'sshd')
+        for pid in kids[1:]:           # only the leader and the "sshd" are candidates
+            os.unlink(os.path.join(self.proc.root, str(pid)))
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=700 * MIB)
+        sink = self.run_daemon()
+        self.assertEqual(reap(leader), -signal.SIGTERM)
+        self.assertIn('--kill-cgroup: not killing cgroup %s: it holds %d sshd (default: sshd)'
+                      % (cgroup.path, kids[0]), sink.text())
+        self.assertEqual(sorted(cgroup.pids()), sorted(kids))    # every other member lives
+
+
 HOG_CODE = textwrap.dedent(r"""
     import os, signal, sys, time
     args = sys.argv[1:]
@@ -1977,6 +2217,17 @@ class CliTest(TempDirTest):
                      '--pidfile', '--log-file', '--syslog', '--verbose', '--report-interval',
                      '--dry-run', '--version'):
             self.assertIn(flag, out.stdout)
+
+    def test_every_option_is_in_the_readme_and_the_manual(self):
+        with open(os.path.join(HERE, 'README.md')) as f:
+            readme = f.read()
+        options_table = readme[readme.index('\n## Options\n'):readme.index('\n## Who gets')]
+        manual = run_cli('--help').stdout
+        for action in bustd.build_parser()._actions:
+            for flag in action.option_strings:
+                with self.subTest(flag=flag):
+                    self.assertIn(flag, manual)
+                    self.assertRegex(options_table, r'\| `[^|]*%s\b' % re.escape(flag))
 
     def test_version(self):
         out = run_cli('--version')
@@ -2369,9 +2620,8 @@ class HelpersTest(TempDirTest):
         self.assertTrue(wait_until(lambda: helpers.poll() or not helpers.running, timeout))
 
     def victim_fields(self):
-        p = bustd.Process()
-        p.pid, p.name, p.uid, p.rss_kib, p.cmdline = 4242, 'firefox', 1000, 3 * GIB + 200 * MIB, \
-            'firefox -P work'
+        p = make_process(4242, name='firefox', uid=1000, rss_kib=3 * GIB + 200 * MIB)
+        p.cmdline = 'firefox -P work'
         return bustd.victim_fields(p, signal.SIGTERM, reading(8 * GIB, 330 * MIB),
                                    lambda uid: 'alice')
 
@@ -2637,6 +2887,1326 @@ class HooksInTheLoopTest(TempDirTest):
         self.assertEqual(sorted(-reap(c) for c in (first, second)), [signal.SIGTERM] * 2)
         self.assertEqual(sink.text().count('exited: pid='), 2)
         self.assertIn('helpers still running (-N hook): not starting -N hook', sink.text())
+
+
+# ----------------------------------------------------------------------------
+# Kill-path safety: hostile /proc data, namespaces, spins and sprees
+# ----------------------------------------------------------------------------
+
+FAKE_PID = 4000001    # above this machine's pid_max, below the kernel's ceiling
+
+PTHREAD_EXIT_CODE = textwrap.dedent("""
+    import ctypes, sys, threading, time
+    with open('/proc/self/oom_score_adj', 'w') as f:
+        f.write('1000')
+    ready = threading.Event()
+    def work():
+        hold = b'x' * (64 << 20)
+        ready.set()
+        while True:
+            time.sleep(1000)
+    threading.Thread(target=work).start()
+    ready.wait()
+    sys.stdout.write('ready\\n')
+    sys.stdout.flush()
+    ctypes.CDLL(None).pthread_exit(None)    # the leader goes; the worker lives on
+""")
+
+
+def refusing_calls(errno_value=errno.ESRCH):
+    """KernelCalls whose pidfd_open always fails: nothing can ever be signalled."""
+    calls = bustd.KernelCalls()
+    tried = []
+
+    def pidfd_open(pid):
+        tried.append(pid)
+        raise OSError(errno_value, os.strerror(errno_value))
+
+    def pidfd_send_signal(fd, sig):
+        raise AssertionError('no pidfd can have been opened')
+    calls.pidfd_open, calls.pidfd_send_signal = pidfd_open, pidfd_send_signal
+    calls.tried = tried
+    return calls
+
+
+def unshare_available():
+    """Return None if `unshare --pid --fork --mount-proc` works here, else why not."""
+    unshare = shutil.which('unshare')
+    if unshare is None:
+        return 'no unshare(1) here'
+    try:
+        out = subprocess.run([unshare, '--pid', '--fork', '--mount-proc', 'true'],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return 'unshare failed: %s' % exc
+    if out.returncode != 0:
+        return 'unshare --pid --fork --mount-proc fails here: %s' % out.stderr.decode().strip()
+    return None
+
+
+def skip_without_unshare(test):
+    why = unshare_available()
+    if why is not None:
+        sys.stderr.write('\n[skip] %s\n' % why)
+        test.skipTest(why)
+
+
+class NamespaceTest(TempDirTest):
+    def test_a_child_namespaces_proc_is_refused(self):
+        skip_without_unshare(self)
+        inside = subprocess.Popen(['unshare', '--pid', '--fork', '--kill-child', '--mount-proc',
+                                   'sleep', '60'])
+        self.addCleanup(stop, inside)
+        # The sleeper is pid 1 of the new namespace, a child of unshare here.
+        children = '/proc/%d/task/%d/children' % (inside.pid, inside.pid)
+        self.assertTrue(wait_until(lambda: (bustd.read_small(children) or b'').strip()))
+        sleeper = int(bustd.read_small(children).split()[0])
+        tree = '/proc/%d/root/proc' % sleeper
+
+        def mounted():      # the namespace's own procfs, where pid 1 is the sleeper
+            stat = bustd.parse_stat(bustd.read_small(tree + '/1/stat') or b'')
+            return stat is not None and stat.name == 'sleep'
+        self.assertTrue(wait_until(mounted))
+        with self.assertRaises(bustd.EnvironmentProblem):
+            bustd.check_pid_namespace(tree)
+        out = run_cli('--list', '--proc', tree)
+        self.assertEqual(out.returncode, 1, out.stdout)
+        self.assertIn('another PID namespace', out.stderr)
+
+    def test_a_pid_is_checked_in_bustds_own_proc_before_any_signal(self):
+        # A tree (no "self") whose entry agrees with itself but names, by
+        # number, a different process here: that process must not be hit.
+        host = start_victim()
+        self.addCleanup(stop, host)
+        self.proc.add(host.pid, oom_score=2000, starttime=77)
+        for calls in (bustd.load_kernel_calls(), no_kernel_calls()):
+            with self.subTest(pidfd=calls.pidfd_open is not None):
+                s = settings(self.proc)
+                victim, _ = bustd.find_victim(s.proc, bustd.Policy(s))
+                self.assertEqual(victim.pid, host.pid)
+                target = bustd.Target(victim, calls, s.proc)
+                self.assertFalse(target.open() and target.send(0))
+                target.close()
+        self.assertIsNone(host.poll())
+
+    def test_pid_2_and_its_children_are_ordinary_processes(self):
+        # docker run --init: tini is pid 1, the app pid 2, its worker pid 4.
+        self.proc.add(1, name='tini', ppid=0, oom_score=1)
+        self.proc.add(2, name='app', ppid=1, oom_score=600)
+        self.proc.add(4, name='worker', ppid=2, oom_score=900)
+        self.proc.add(7, name='innocent', ppid=1, oom_score=100)
+        s = settings(self.proc)
+        victim, _ = bustd.find_victim(s.proc, bustd.Policy(s))
+        self.assertEqual(victim.pid, 4)
+        listed = dict((p.pid, p.never) for p in bustd.scan_processes(s.proc, bustd.Policy(s)))
+        self.assertEqual(listed, {1: 'init', 2: None, 4: None, 7: None})
+
+    def test_container_recipe_end_to_end_in_a_pid_namespace(self):
+        """The README's recipe: an init is PID 1, bustd and the app run under it."""
+        skip_without_unshare(self)
+        init = textwrap.dedent(r"""
+            import os, subprocess, sys
+            child = subprocess.Popen(sys.argv[1:])
+            while True:     # PID 1: reap everything, leave with the app's status
+                pid, status = os.wait()
+                if pid == child.pid:
+                    sys.stdout.write('app status %d\n' % status)
+                    sys.exit(0)
+        """)
+        # -m 99,98: "memory is low" on any machine, so no real pressure is
+        # needed; inside the namespace only these processes exist.
+        recipe = '%s %s -n -m 99,98 & exec %s -c "$APP"' % (sys.executable, BUSTD,
+                                                           sys.executable)
+        env = dict(os.environ, APP=VICTIM_CODE)
+        out = subprocess.run(['unshare', '--pid', '--fork', '--kill-child', '--mount-proc',
+                              sys.executable, '-c', init, 'sh', '-c', recipe],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             universal_newlines=True, env=env, timeout=30)
+        self.assertRegex(out.stderr, r'kill: SIG(TERM|KILL) pid=2 ', out.stderr)
+        self.assertRegex(out.stdout, r'app status (9|15)\b', out.stderr)
+        self.assertIn('PID 1 of this PID namespace', out.stderr)
+
+
+class HostileProcTest(TempDirTest):
+    def daemon(self, calls=None, **kw):
+        log, sink = make_log(verbose=True)
+        s = settings(self.proc, **kw)
+        sensor = bustd.MachineSensor(s.proc, log=log)
+        sensor.check()
+        d = bustd.Daemon(s, sensor, bustd.Policy(s), calls or refusing_calls(), log,
+                         sleep=lambda seconds: None)
+        d.start()
+        return d, sink
+
+    def test_a_leader_that_called_pthread_exit_is_judged_by_its_threads(self):
+        child = subprocess.Popen([sys.executable, '-c', PTHREAD_EXIT_CODE],
+                                 stdout=subprocess.PIPE)
+        self.addCleanup(stop, child)
+        self.assertEqual(child.stdout.readline(), b'ready\n')
+        self.assertTrue(wait_until(lambda: bustd.parse_stat(
+            bustd.read_small('/proc/%d/stat' % child.pid)).state == 'Z'))
+        self.proc.link(child.pid)
+        self.proc.add(FAKE_PID, name='innocent', oom_score=10)
+        s = settings(self.proc)
+        p = [p for p in bustd.scan_processes(s.proc, bustd.Policy(s)) if p.pid == child.pid][0]
+        self.assertIsNone(p.never)
+        self.assertGreater(p.rss_kib, 60 * MIB)
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=300 * MIB)
+        d, sink = self.daemon(calls=bustd.load_kernel_calls())
+        d.step()
+        self.assertEqual(reap(child), -signal.SIGKILL, sink.text())
+
+    def test_default_protection_cannot_be_claimed_by_renaming(self):
+        exe_dir = os.path.join(self.tmp, 'sbin')
+        os.makedirs(exe_dir)
+        sshd = os.path.join(exe_dir, 'sshd')
+        open(sshd, 'w').close()
+        os.chown(sshd, 0, 0)
+        uids = 'Uid:\t%d\t%d\t%d\t%d\n'
+        add = self.proc.add
+        add(10, name='systemd-hog', oom_score=900, uid=1000)
+        self.proc.write('10/status', (uids % ((1000,) * 4)).encode())
+        add(11, name='sshd', oom_score=800, uid=0)      # non-dumpable: /proc/PID is root's
+        self.proc.write('11/status', (uids % ((1000,) * 4)).encode())
+        add(12, name='sshd', oom_score=950, uid=1000)   # a user's sshd session child
+        self.proc.write('12/status', (uids % ((1000,) * 4)).encode())
+        os.symlink(sshd, os.path.join(self.proc.root, '12/exe'))
+        add(13, name='dpkg', oom_score=990, uid=0)
+        self.proc.write('13/status', (uids % ((0,) * 4)).encode())
+        add(14, name='innocent', oom_score=100, uid=0)
+        s = settings(self.proc)
+        found = dict((p.pid, p.protected) for p in bustd.scan_processes(s.proc, bustd.Policy(s)))
+        self.assertEqual(found, {10: None, 11: None, 12: 'default: sshd', 13: 'default: dpkg',
+                                 14: None})
+        self.assertEqual(bustd.find_victim(s.proc, bustd.Policy(s))[0].pid, 10)
+
+    def test_meminfo_with_missing_fields_is_unknown_not_zero(self):
+        d, sink = self.daemon()
+        for text in (b'MemTotal: 8388608 kB\n',
+                     b'MemTotal: 8388608 kB\nMemAvailable: 100 kB\n',     # no swap lines
+                     b'MemTotal: 8388608 kB\nSwapTotal: 0 kB\nSwapFree: 0 kB\n'):
+            with self.subTest(text=text):
+                self.proc.write('meminfo', text)
+                r = d.sensor.read_exact(bustd.Reading(), d.th)
+                self.assertFalse(r.exact)
+                d.step()
+                self.assertNotIn('memory is low', sink.text())
+        self.assertEqual(sink.text().count('lacks'), 1)           # one warning
+
+    def test_psi_out_of_range_is_ignored_with_one_warning(self):
+        for figure in (b'inf', b'1e9', b'nan', b'-1', b'100.5'):
+            with self.subTest(figure=figure):
+                self.assertEqual(bustd.parse_psi(b'some avg10=' + figure + b' avg60=0\n'),
+                                 (None, None))
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=GIB)          # 12.5 %: PSI rule range
+        d, sink = self.daemon()
+        self.proc.write('pressure/memory', b'some avg10=1e9 avg60=0.00 avg300=0.00 total=1\n')
+        for _ in range(3):
+            d.step()
+        self.assertEqual(bustd.decide(d.reading, d.th), 0)
+        self.assertNotIn('memory is low', sink.text())
+        self.assertEqual(sink.text().count('no "some avg10" between 0 and 100'), 1)
+
+    def test_only_pids_from_1_to_pid_max_are_candidates(self):
+        self.proc.add(0, oom_score=2000)
+        huge = '100000000000000000000'
+        self.proc.write(huge + '/stat', stat_line(10 ** 20, 'huge'))
+        self.proc.write(huge + '/oom_score', b'2000\n')
+        self.proc.write(huge + '/oom_score_adj', b'0\n')
+        self.proc.add(50, oom_score=10)
+        self.proc.add(41, oom_score=1500)
+        self.proc.write('sys/kernel/pid_max', b'45\n')         # 50 is above this tree's pid_max
+        s = settings(self.proc)
+        self.assertEqual(sorted(bustd.iter_pids(s.proc)), [41])
+        os.unlink(os.path.join(self.proc.root, 'sys/kernel/pid_max'))
+        self.assertEqual(sorted(bustd.iter_pids(s.proc)), [41, 50])
+        self.assertEqual(bustd.find_victim(s.proc, bustd.Policy(s))[0].pid, 41)
+        # kill() is never called with a pid <= 0 (0 is bustd's own process
+        # group), even when the start time matches (signal 0: only a check).
+        own = bustd.parse_stat(bustd.read_small('/proc/self/stat'))
+        zero = make_process(0, starttime=own.starttime)
+        self.proc.write('0/stat', stat_line(0, 'zero', starttime=own.starttime))
+        target = bustd.Target(zero, no_kernel_calls(), self.proc.root)
+        self.assertFalse(target.send(0))
+
+    def test_a_victim_that_cannot_be_opened_is_passed_over_without_a_spin(self):
+        for pid, score in ((FAKE_PID, 900), (FAKE_PID + 1, 800), (FAKE_PID + 2, 700)):
+            self.proc.add(pid, oom_score=score)
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=700 * MIB)
+        calls = refusing_calls(errno.EMFILE)
+        d, sink = self.daemon(calls=calls)
+        delays = [d.step() for _ in range(4)]
+        self.assertTrue(all(delay > 0 for delay in delays), delays)
+        self.assertEqual(calls.tried, [FAKE_PID, FAKE_PID + 1, FAKE_PID + 2])
+        self.assertEqual(delays[-1], bustd.NO_VICTIM_RETRY_S)
+        self.assertEqual(sink.text().count('trying the next candidate'), 1)   # rate-limited
+        self.assertEqual(sink.text().count('no process may be killed'), 1)
+
+    def test_zoneinfo_garbage_never_crashes_nor_blinds(self):
+        good = b'Node 0, zone Normal\n  pages free 10\n        high 100\n        managed 1000\n'
+        for managed in (b'abc', b'-5000000000', b'\xb2', b''):
+            with self.subTest(managed=managed):
+                data = good.replace(b'managed 1000', b'managed ' + managed)
+                self.assertEqual(bustd.parse_zoneinfo_reserve_kib(data), 400)
+        self.proc.write('zoneinfo', good.replace(b'100', b'99999999999'))
+        sensor = bustd.MachineSensor(self.proc.root)
+        sensor.sysinfo = self.sysinfo_like_meminfo()
+        sensor.check()
+        self.assertIsNone(sensor.reserve_kib)        # 2 x 400 TiB: not below MemTotal
+        self.assertFalse(sensor.uses_sysinfo)
+
+    def sysinfo_like_meminfo(self, total_kib=None):
+        def fill(reading):
+            fields = bustd.parse_meminfo(bustd.read_file(self.proc.root + '/meminfo'))
+            reading.mem_total_kib = total_kib or fields['MemTotal']
+            reading.mem_free_kib = fields['MemFree'] if total_kib is None else total_kib
+            reading.swap_total_kib = reading.swap_free_kib = 0
+        return fill
+
+    def test_meminfo_that_disagrees_with_sysinfo_is_read_on_every_poll(self):
+        # lxcfs: /proc/meminfo is the container's, sysinfo(2) the host's.
+        self.proc.write('zoneinfo', b'Node 0, zone Normal\n  high 100\n  managed 1000\n')
+        self.proc.meminfo(total_kib=2 * GIB, avail_kib=25 * MIB)
+        sensor = bustd.MachineSensor(self.proc.root)
+        sensor.sysinfo = self.sysinfo_like_meminfo(total_kib=64 * GIB)
+        sensor.check()
+        self.assertFalse(sensor.uses_sysinfo)
+        self.assertIn('on every poll: sysinfo(2) says MemTotal 64.0 GiB', sensor.describe())
+        th = bustd.compute_thresholds(settings(self.proc), 2 * GIB, 0)
+        r = sensor.read(bustd.Reading(), th)
+        self.assertEqual((r.exact, r.mem_available_kib), (True, 25 * MIB))
+        self.assertEqual(bustd.decide(r, th), signal.SIGKILL)
+
+    def test_non_ascii_digit_names_are_not_pids(self):
+        self.proc.add(10, oom_score=100)
+        os.makedirs(os.path.join(self.proc.root, '\u00b2'))
+        os.makedirs(os.path.join(self.proc.root, '\u0663'))      # Arabic-Indic three
+        self.assertEqual(list(bustd.iter_pids(self.proc.root)), [10])
+        out = run_cli('--list', '--proc', self.proc.root)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertNotIn('Traceback', out.stderr)
+
+    def test_psi_trigger_only_on_procfs_or_cgroupfs(self):
+        path = os.path.join(self.proc.root, 'pressure/memory')
+        before = bustd.read_file(path)
+        fd, why = bustd.open_psi_trigger(path)
+        self.assertIsNone(fd)
+        self.assertIn('not procfs or cgroupfs', why)
+        self.assertEqual(bustd.read_file(path), before)
+        self.assertEqual(bustd.mount_fs_type('36 1 0:5 / /proc rw - proc proc rw\n'
+                                             '37 36 0:6 / /proc/x\\040y rw - tmpfs t rw\n',
+                                             '/proc/x y/z'), 'tmpfs')
+        if os.path.exists('/proc/pressure/memory'):
+            fd, why = bustd.open_psi_trigger('/proc/pressure/memory')
+            if fd is not None:
+                os.close(fd)
+            self.assertNotIn('not procfs', why)
+
+    def test_names_and_cmdlines_cannot_forge_fields_of_the_kill_line(self):
+        self.proc.add(10, name='x" pid=1 uid=0', oom_score=900, cmdline=b'a\\" pid=1\0b')
+        s = settings(self.proc)
+        p = bustd.scan_processes(s.proc, bustd.Policy(s))[0]
+        p.cmdline = bustd.read_cmdline(s.proc, p.pid)
+        line = bustd.kill_line(signal.SIGTERM, p, 'trigger')
+        self.assertIn(r'name="x\" pid=1 uid=0"', line)
+        self.assertIn(r'cmdline="a\\\" pid=1 b"', line)
+        import shlex
+        fields = dict(w.split('=', 1) for w in shlex.split(line.split(': ', 1)[1]) if '=' in w)
+        self.assertEqual((fields['pid'], fields['uid']), ('10', str(os.getuid())))
+
+    def test_a_backtracking_pattern_cannot_blind_the_scan(self):
+        import re
+        self.proc.add(FAKE_PID, oom_score=900, cmdline=b'a' * 60 + b'!\0')
+        self.proc.add(FAKE_PID + 1, oom_score=100, cmdline=b'sleep 1\0')
+        s = settings(self.proc, match='cmdline', ignore_re=re.compile(BACKTRACKING))
+        log, sink = make_log()
+        policy = bustd.Policy(s)
+        policy.log = log
+
+        def hung(signum, frame):
+            raise AssertionError('the scan is stuck in the pattern')
+        previous = signal.signal(signal.SIGALRM, hung)
+        signal.alarm(20)
+        try:
+            victim, _ = bustd.find_victim(s.proc, policy)
+        finally:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, previous)
+        self.assertEqual(victim.pid, FAKE_PID)
+        self.assertTrue(policy.bounded)
+        self.assertIn('took more than 0.05 s of CPU on the command line of pid %d' % FAKE_PID,
+                      sink.text())
+        self.assertEqual(bustd.find_victim(s.proc, policy)[0].pid, FAKE_PID)
+        self.assertEqual(sink.text().count('took more than'), 1)     # one warning
+
+    def test_patterns_see_a_bounded_command_line(self):
+        self.proc.add(10, cmdline=b'a' * 4000 + b'\0')
+        s = settings(self.proc, match='cmdline')
+        policy = bustd.Policy(s)
+        p = bustd.scan_processes(s.proc, policy)[0]
+        self.assertLess(len(policy.match_text(p)), 4000)
+        self.assertEqual(len(policy.match_text(p)), bustd.PATTERN_TEXT_MAX)
+
+
+class DaemonResilienceTest(TempDirTest):
+    daemon = HostileProcTest.daemon
+
+    def victim(self, *args):
+        child = start_victim(*args)
+        self.addCleanup(stop, child)
+        self.proc.link(child.pid)
+        return child
+
+    def test_a_victim_that_outlives_sigkill_is_passed_over(self):
+        first, second = self.victim(), self.victim()
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=300 * MIB)      # SIGKILL level
+        calls = bustd.load_kernel_calls()
+        if calls.pidfd_send_signal is None:
+            self.skipTest('no pidfds here')
+        sent = []
+        calls.pidfd_send_signal = lambda fd, sig: sent.append(sig)     # as if stuck in D state
+        d, sink = self.daemon(calls=calls)
+        d.kill_wait_s = 0.2
+        d.step()
+        d.step()
+        chosen = [int(line.split(' pid=')[1].split()[0]) for line in sink.text().split('\n')
+                  if line.startswith('kill: ')]
+        self.assertEqual(len(chosen), 2, sink.text())
+        self.assertNotEqual(chosen[0], chosen[1])
+        self.assertIn('passing it over', sink.text())
+        self.assertIsNone(first.poll())
+        self.assertIsNone(second.poll())
+
+    def test_no_killing_spree_when_memory_does_not_come_back(self):
+        children = [self.victim() for _ in range(5)]
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=700 * MIB)      # stays at SIGTERM
+        now = [1000.0]
+        d, sink = self.daemon(calls=bustd.load_kernel_calls())
+        d.clock = lambda: now[0]
+        for _ in range(len(children) + 2):
+            d.step()
+            now[0] += 1.0
+        dead = [c for c in children if c.poll() is not None]
+        self.assertLess(len(dead), len(children) - 1)
+        self.assertEqual(len(dead), bustd.KILLS_PER_WINDOW)
+        self.assertEqual(sink.text().count('settled: mem_available=8.5%'), len(dead))
+        self.assertEqual(sink.text().count('no more kills until the SIGKILL level'), 1)
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=300 * MIB)      # the SIGKILL level
+        d.step()
+        self.assertEqual(len([c for c in children if c.poll() is not None]), len(dead) + 1)
+        now[0] += bustd.KILL_CAP_WINDOW_S
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=700 * MIB)
+        d.step()                                                        # a new window
+        self.assertEqual(len([c for c in children if c.poll() is not None]), len(dead) + 2)
+
+    def test_an_error_in_the_status_path_does_not_end_the_daemon(self):
+        d, sink = self.daemon()
+
+        def broken():
+            raise ValueError('a bad /proc entry')
+        d.sensor.member_pids = broken
+        d.flags.usr1 = True
+        sleeps = []
+
+        def sleep(seconds):
+            sleeps.append(seconds)
+            if len(sleeps) == 2:
+                d.flags.stop = signal.SIGTERM
+        d.sleep = sleep
+        self.assertEqual(d.run(), bustd.EXIT_OK)
+        self.assertEqual(len(sleeps), 2)
+        self.assertIn('unexpected error, still watching: ValueError: a bad /proc entry',
+                      sink.text())
+
+    def test_each_repeated_warning_has_its_own_throttle(self):
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=700 * MIB)
+        d, sink = self.daemon(calls=calls_refusing_signals(self))
+        d.step()                                    # nobody: "no process may be killed"
+        child = self.victim()
+        d.step()                                    # one that cannot be signalled
+        self.assertIn('no process may be killed', sink.text())
+        self.assertIn('pid %d python3: cannot signal it' % child.pid, sink.text())
+        self.assertIsNone(child.poll())
+        throttle = bustd.Throttle(60)
+        self.assertEqual([throttle.ready(t) for t in (0, 1, 59, 60)], [True, False, False, True])
+        self.assertEqual(throttle.suppressed_text(), ' (2 more like this not logged)')
+
+    def test_records_are_built_whole(self):
+        with self.assertRaises(TypeError):
+            bustd.Process()
+        with self.assertRaises(TypeError):
+            bustd.ProcStat()
+        stat = bustd.parse_stat(stat_line(10, 'w'))
+        self.assertEqual((stat.pid, stat.name, stat.starttime, stat.rss_pages),
+                         (10, 'w', 5000, 256))
+        p = bustd.Process(stat, 1024, 0, 10, 0)
+        self.assertEqual((p.pid, p.badness, p.preference, p.protected, p.cmdline),
+                         (10, 10, 0, None, None))
+
+
+BACKTRACKING = r'^(\w+\s?)*$'
+
+
+class PromptStopTest(TempDirTest):
+    """SIGTERM stops the real daemon at once, wherever it is."""
+
+    def start(self, *args):
+        d = subprocess.Popen([sys.executable, BUSTD, '-n', '--proc', self.proc.root] +
+                             list(args), stderr=subprocess.PIPE, universal_newlines=True)
+        self.addCleanup(d.stderr.close)
+        self.addCleanup(stop, d)
+        lines = []
+        reader = threading.Thread(target=lambda: lines.extend(d.stderr))
+        reader.daemon = True
+        reader.start()
+        return d, lines
+
+    def stop_time_s(self, d):
+        start = time.monotonic()
+        d.send_signal(signal.SIGTERM)
+        try:
+            d.wait(5)
+        except subprocess.TimeoutExpired:
+            d.kill()
+            d.wait()
+            return None
+        return time.monotonic() - start
+
+    def test_sigterm_during_a_kill_wait(self):
+        child = start_victim('ignore-term')
+        self.addCleanup(stop, child)
+        self.proc.link(child.pid)
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=700 * MIB)      # SIGTERM, 5 s grace
+        d, lines = self.start()
+        self.assertTrue(wait_until(lambda: any('kill: SIGTERM' in l for l in lines), 30))
+        time.sleep(0.2)
+        took = self.stop_time_s(d)
+        sys.stderr.write('[SIGTERM during a kill wait: exited after %s s] ' % took)
+        self.assertIsNotNone(took, 'still running 5 s after SIGTERM')
+        self.assertLess(took, bustd.TERM_GRACE_S - 1)   # not after the wait, whatever the load
+        self.assertEqual(d.returncode, 0)
+        self.assertIsNone(child.poll())                 # stopping is not escalating
+
+    def test_sigterm_during_a_scan_slowed_by_a_backtracking_pattern(self):
+        # Each match is cut at 50 ms of CPU: 100 equal candidates make a 5 s scan.
+        for i in range(100):
+            self.proc.add(FAKE_PID + i, oom_score=900, cmdline=b'a' * 60 + b'!\0')
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=700 * MIB)
+        d, lines = self.start('--match', 'cmdline', '--ignore', BACKTRACKING)
+        time.sleep(2)
+        self.assertFalse([l for l in lines if 'ready' in l])   # still in the start-up scan
+        took = self.stop_time_s(d)
+        sys.stderr.write('[SIGTERM during a scan: exited after %s s] ' % took)
+        self.assertIsNotNone(took, 'still running 5 s after SIGTERM')
+        self.assertEqual(d.returncode, 0, ''.join(lines))
+        self.assertNotIn('Traceback', ''.join(lines))
+
+
+class FuzzProcTest(TempDirTest):
+    """--list and the daemon against random /proc contents: never a traceback."""
+
+    SEED = 20261126
+    ROUNDS = 60
+
+    def garbage(self, rnd, good):
+        choice = rnd.randrange(9)
+        if choice == 0:
+            return bytes(rnd.randrange(256) for _ in range(rnd.randrange(64)))
+        if choice == 1:
+            return good[:rnd.randrange(len(good) + 1)]
+        if choice == 2:
+            return good.replace(b'1', str(10 ** rnd.randrange(5, 40)).encode())
+        if choice == 3:
+            return good.replace(b' 0', b' -' + str(rnd.randrange(1, 10 ** 12)).encode())
+        if choice == 4:
+            return good.replace(b'w', '\u00b2\u0663\u00e9'.encode()).replace(b'5', b'\xb2')
+        if choice == 5:
+            return b''
+        if choice == 6:
+            return good.replace(b' ', b'\0')
+        if choice == 7:
+            return good.replace(b'.', b'e9').replace(b'=0', b'=inf')
+        return good
+
+    def build(self, rnd, round_):
+        root = os.path.join(self.tmp, 'fuzz%d' % round_)
+        proc = FakeProc(root)
+        proc.meminfo(total_kib=8 * GIB, avail_kib=rnd.choice((300 * MIB, 700 * MIB, 6 * GIB)),
+                     swap_total_kib=rnd.choice((0, GIB)), swap_free_kib=rnd.choice((0, 10)))
+        proc.write('zoneinfo', b'Node 0, zone Normal\n  high 100\n  managed 1000\n'
+                               b'  protection: (0, 10, 20)\n')
+        names = ['meminfo', 'pressure/memory', 'zoneinfo']
+        for i in range(8):
+            pid = FAKE_PID + i
+            proc.add(pid, name='w%d' % i, oom_score=rnd.randrange(-10, 3000), ppid=1,
+                     pgrp=FAKE_PID)
+            proc.write('%d/status' % pid, b'Name:\tw\nUid:\t1000\t1000\t1000\t1000\n')
+            names += ['%d/%s' % (pid, n) for n in ('stat', 'oom_score', 'oom_score_adj',
+                                                   'cmdline', 'status')]
+        for name in ('0', '\u00b2', '-1', '99999999999999999999', '1e3', ' 7'):
+            os.makedirs(os.path.join(root, name), exist_ok=True)
+        for name in names:
+            if rnd.random() < 0.5:
+                good = bustd.read_file(os.path.join(root, name)) or b''
+                proc.write(name, self.garbage(rnd, good))
+        return proc
+
+    def test_list_and_daemon_survive_random_proc_contents(self):
+        import io
+        import random
+        rnd = random.Random(self.SEED)
+        statuses = set()
+        for round_ in range(self.ROUNDS):
+            proc = self.build(rnd, round_)
+            with self.subTest(round=round_):
+                out = io.StringIO()
+                real_out, real_err_fd = sys.stdout, os.dup(2)
+                err = tempfile.TemporaryFile()
+                sys.stdout = out
+                os.dup2(err.fileno(), 2)          # bustd writes its errors to fd 2
+                try:
+                    status = bustd.main(['--list', '--proc', proc.root,
+                                         '--match', rnd.choice(('name', 'cmdline'))])
+                finally:
+                    sys.stdout = real_out
+                    os.dup2(real_err_fd, 2)
+                    os.close(real_err_fd)
+                err.seek(0)
+                errors = err.read().decode('utf-8', 'replace')
+                err.close()
+                statuses.add(status)
+                self.assertIn(status, (0, 1), errors)
+                self.assertNotIn('Traceback', out.getvalue() + errors)
+                if status == 0:
+                    self.assertIn('PID', out.getvalue())
+                log, sink = make_log(verbose=True)
+                s = settings(proc, kill_pgroup=rnd.random() < 0.3,
+                             sort_by_rss=rnd.random() < 0.3)
+                sensor = bustd.MachineSensor(s.proc, log=log)
+                try:
+                    sensor.check()
+                except bustd.EnvironmentProblem:
+                    continue
+                d = bustd.Daemon(s, sensor, bustd.Policy(s), refusing_calls(), log,
+                                 sleep=lambda seconds: None)
+                d.start()
+                for _ in range(3):
+                    d.step()
+                d.status_lines()
+                self.assertNotIn('unexpected error', sink.text())
+        self.assertEqual(statuses, {0, 1})     # the fuzz reached both outcomes
+
+
+# ----------------------------------------------------------------------------
+# --metrics-file: Prometheus text exposition format
+# ----------------------------------------------------------------------------
+
+_METRIC_NAME = re.compile(r'[a-zA-Z_:][a-zA-Z0-9_:]*\Z')
+_LABEL_NAME = re.compile(r'[a-zA-Z_][a-zA-Z0-9_]*\Z')
+_TYPES = ('counter', 'gauge', 'histogram', 'summary', 'untyped')
+
+
+def parse_exposition(text):
+    """Parse the Prometheus text format strictly; return {(name, labels): value}, {name: type}.
+
+    Raises ValueError for anything the format forbids or node_exporter would
+    reject: bad names, a TYPE after its samples or twice, a family split in
+    two, bad label escapes, duplicate label names or series, a counter not
+    named *_total, a value that is not a float, no final newline, HELP or
+    TYPE missing for a family (our own rule: every family is documented).
+    """
+    if not text.endswith('\n'):
+        raise ValueError('no newline at the end')
+    samples, types, helps, done, current = {}, {}, {}, set(), None
+    for number, line in enumerate(text[:-1].split('\n'), 1):
+        where = 'line %d: %r' % (number, line)
+        if line.startswith('#'):
+            parts = line.split(' ', 3)
+            if len(parts) < 3 or parts[0] != '#' or parts[1] not in ('HELP', 'TYPE'):
+                continue     # a plain comment
+            name = parts[2]
+            if not _METRIC_NAME.match(name):
+                raise ValueError('bad metric name: ' + where)
+            if name in done or name in (types if parts[1] == 'TYPE' else helps):
+                raise ValueError('%s repeated or after its samples: %s' % (parts[1], where))
+            if parts[1] == 'TYPE':
+                if len(parts) != 4 or parts[3] not in _TYPES:
+                    raise ValueError('bad type: ' + where)
+                types[name] = parts[3]
+            else:
+                help_text = parts[3] if len(parts) == 4 else ''
+                if re.search(r'\\[^\\n]', help_text.replace('\\\\', '')):
+                    raise ValueError('bad escape in HELP: ' + where)
+                helps[name] = help_text
+            if current is not None and current != name:
+                done.add(current)
+            current = name
+            continue
+        if not line.strip():
+            raise ValueError('empty line: ' + where)
+        m = re.match(r'([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})? (\S+)( -?\d+)?\Z', line)
+        if not m:
+            raise ValueError('bad sample line: ' + where)
+        name, label_text, value = m.group(1), m.group(2), m.group(3)
+        family = name
+        if family not in types:
+            raise ValueError('sample without TYPE: ' + where)
+        if family in done:
+            raise ValueError('family split in two: ' + where)
+        if current != family:
+            if current is not None:
+                done.add(current)
+            current = family
+        labels = parse_labels(label_text[1:-1] if label_text else '', where)
+        if types[family] == 'counter' and not name.endswith('_total'):
+            raise ValueError('counter not named *_total: ' + where)
+        if value not in ('NaN', '+Inf', '-Inf'):
+            try:
+                float(value)
+            except ValueError:
+                raise ValueError('bad value: ' + where)
+            if not re.match(r'[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\Z', value):
+                raise ValueError('bad value: ' + where)
+        key = (name, tuple(sorted(labels.items())))
+        if key in samples:
+            raise ValueError('duplicate series: ' + where)
+        samples[key] = float(value)
+    for name in types:
+        if name not in helps:
+            raise ValueError('no HELP for ' + name)
+    for name in helps:
+        if name not in types:
+            raise ValueError('no TYPE for ' + name)
+    return samples, types
+
+
+def parse_labels(text, where):
+    """Parse 'a="x",b="y"' with the format's escapes (\\\\, \\", \\n); return a dict."""
+    labels, i = {}, 0
+    while i < len(text):
+        m = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="').match(text, i)
+        if not m:
+            raise ValueError('bad label name: ' + where)
+        name, i, value = m.group(1), m.end(), ''
+        while True:
+            if i >= len(text):
+                raise ValueError('unterminated label value: ' + where)
+            c = text[i]
+            if c == '\\':
+                nxt = text[i + 1:i + 2]
+                if nxt not in ('\\', '"', 'n'):
+                    raise ValueError('bad escape in a label value: ' + where)
+                value += '\n' if nxt == 'n' else nxt
+                i += 2
+            elif c == '"':
+                i += 1
+                break
+            elif c == '\n':
+                raise ValueError('raw newline in a label value: ' + where)
+            else:
+                value += c
+                i += 1
+        if name in labels or name.startswith('__'):
+            raise ValueError('duplicate or reserved label %s: %s' % (name, where))
+        labels[name] = value
+        if i < len(text):
+            if text[i] != ',':
+                raise ValueError('expected a comma: ' + where)
+            i += 1
+    return labels
+
+
+class ExpositionParserTest(unittest.TestCase):
+    """The strict parser itself: it must reject what the format forbids."""
+
+    GOOD = ('# HELP a_total Things.\n# TYPE a_total counter\n'
+            'a_total{x="1",y="q\\"\\\\\\n"} 3\na_total{x="2"} 0\n'
+            '# HELP b B.\n# TYPE b gauge\nb NaN\n')
+
+    def test_accepts_the_format(self):
+        samples, types = parse_exposition(self.GOOD)
+        self.assertEqual(samples[('a_total', (('x', '1'), ('y', 'q"\\\n')))], 3)
+        self.assertEqual(types, {'a_total': 'counter', 'b': 'gauge'})
+
+    def test_rejects(self):
+        head = '# HELP b B.\n# TYPE b gauge\n'
+        cases = [
+            ('no final newline', head + 'b 1'),
+            ('sample before TYPE', 'b 1\n' + head),
+            ('duplicate series', head + 'b{x="1"} 1\nb{x="1"} 2\n'),
+            ('bad escape', head + 'b{x="\\t"} 1\n'),
+            ('unterminated', head + 'b{x="1} 1\n'),
+            ('bad metric name', '# HELP 1b B.\n# TYPE 1b gauge\n1b 1\n'),
+            ('bad label name', head + 'b{1x="1"} 1\n'),
+            ('duplicate label', head + 'b{x="1",x="2"} 1\n'),
+            ('bad value', head + 'b one\n'),
+            ('bad type', '# HELP b B.\n# TYPE b gauges\nb 1\n'),
+            ('TYPE twice', head + '# TYPE b gauge\nb 1\n'),
+            ('family split', head + 'b 1\n# HELP c C.\n# TYPE c gauge\nc 1\nb{x="2"} 1\n'),
+            ('counter name', '# HELP c C.\n# TYPE c counter\nc 1\n'),
+            ('no HELP', '# TYPE b gauge\nb 1\n'),
+            ('empty line', head + '\nb 1\n'),
+        ]
+        for why, text in cases:
+            with self.subTest(why=why):
+                self.assertRaises(ValueError, parse_exposition, text)
+
+
+class MetricsTest(TempDirTest):
+    """--metrics-file: what is written, when, and that it never costs a kill."""
+
+    FAMILIES = ('bustd_up', 'bustd_info', 'bustd_kills_total', 'bustd_last_kill_timestamp_seconds',
+                'bustd_memory_available_bytes', 'bustd_swap_free_bytes', 'bustd_psi_some_avg10',
+                'bustd_level_bytes', 'bustd_start_time_seconds',
+                'bustd_last_kill_decision_seconds')
+
+    def test_label_values_are_escaped(self):
+        for raw, escaped in (('plain', 'plain'), ('a"b', 'a\\"b'), ('a\\b', 'a\\\\b'),
+                             ('a\nb', 'a\\nb'), ('\\"\n', '\\\\\\"\\n')):
+            with self.subTest(raw=raw):
+                self.assertEqual(bustd.prom_label_value(raw), escaped)
+
+    def test_every_family_with_the_reading(self):
+        m = bustd.Metrics(os.path.join(self.tmp, 'bustd.prom'), 'machine', clock=lambda: 1700.5)
+        r = reading(total=8 * GIB, avail=3 * GIB, swap_total=2 * GIB, swap_free=GIB, psi=1.25)
+        th = bustd.compute_thresholds(settings(self.proc), 8 * GIB, 2 * GIB)
+        samples, types = parse_exposition(m.render(r, th))
+        self.assertEqual(sorted(types), sorted(self.FAMILIES))
+        self.assertEqual(samples[('bustd_up', ())], 1)
+        self.assertEqual(samples[('bustd_info', (('mode', 'machine'),
+                                                 ('version', bustd.__version__)))], 1)
+        self.assertEqual(samples[('bustd_memory_available_bytes', ())], 3 << 30)
+        self.assertEqual(samples[('bustd_swap_free_bytes', ())], 1 << 30)
+        self.assertEqual(samples[('bustd_psi_some_avg10', ())], 1.25)
+        self.assertEqual(samples[('bustd_level_bytes', (('signal', 'SIGTERM'),))],
+                         th.mem_term_kib * 1024)
+        self.assertEqual(samples[('bustd_level_bytes', (('signal', 'SIGKILL'),))],
+                         th.mem_kill_kib * 1024)
+        self.assertEqual(samples[('bustd_start_time_seconds', ())], 1700.5)
+        # Every signal x rule series exists from the start, so increase() sees the first kill.
+        kills = dict((k[1], v) for k, v in samples.items() if k[0] == 'bustd_kills_total')
+        self.assertEqual(len(kills), 2 * len(bustd.KILL_RULES))
+        self.assertEqual(set(kills.values()), {0})
+        self.assertEqual(types['bustd_kills_total'], 'counter')
+
+    def test_no_psi_family_without_psi_and_mode_label_escaped(self):
+        m = bustd.Metrics(os.path.join(self.tmp, 'bustd.prom'), 'cgr"oup\\\n')
+        th = bustd.compute_thresholds(settings(self.proc), 8 * GIB, 0)
+        samples, types = parse_exposition(m.render(reading(), th, up=0))
+        self.assertNotIn('bustd_psi_some_avg10', types)
+        self.assertEqual(samples[('bustd_up', ())], 0)
+        self.assertIn(('bustd_info', (('mode', 'cgr"oup\\\n'), ('version', bustd.__version__))),
+                      samples)
+
+    def test_write_is_atomic_and_world_readable(self):
+        path = os.path.join(self.tmp, 'bustd.prom')
+        m = bustd.Metrics(path, 'machine')
+        log, sink = make_log()
+        old = os.umask(0o077)       # bustd.service runs with UMask=0077
+        try:
+            self.assertTrue(m.write('# HELP a A.\n# TYPE a gauge\na 1\n', log, 0.0))
+        finally:
+            os.umask(old)
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o644)
+        self.assertEqual([n for n in os.listdir(self.tmp) if 'tmp' in n], [])
+        # The rename replaces the file: a reader holding the old one keeps it whole.
+        with open(path) as reader:
+            m.write('# HELP a A.\n# TYPE a gauge\na 2\n', log, 0.0)
+            self.assertEqual(reader.read(), '# HELP a A.\n# TYPE a gauge\na 1\n')
+        self.assertEqual(read_text(path), '# HELP a A.\n# TYPE a gauge\na 2\n')
+
+    def test_makes_its_directory_one_level_deep(self):
+        m = bustd.Metrics(os.path.join(self.tmp, 'run-bustd', 'bustd.prom'), 'machine')
+        log, sink = make_log()
+        old = os.umask(0o077)
+        try:
+            self.assertTrue(m.write('x\n', log, 0.0))
+        finally:
+            os.umask(old)
+        self.assertEqual(stat.S_IMODE(os.stat(os.path.dirname(m.path)).st_mode), 0o755)
+        self.assertIn('created %s' % os.path.dirname(m.path), sink.text())
+
+    def test_failing_write_is_one_throttled_warning(self):
+        m = bustd.Metrics(os.path.join(self.tmp, 'missing', 'deeper', 'bustd.prom'), 'machine')
+        log, sink = make_log()
+        self.assertFalse(m.write('x\n', log, 100.0))
+        self.assertFalse(m.write('x\n', log, 200.0))
+        self.assertEqual(len([1 for p, _ in sink.lines if p == 4]), 1)
+        self.assertIn('cannot write', sink.text())
+        self.assertFalse(m.write('x\n', log, 100.0 + bustd.METRICS_WARN_EVERY_S))
+        self.assertEqual(len([1 for p, _ in sink.lines if p == 4]), 2)
+        os.makedirs(os.path.join(self.tmp, 'missing', 'deeper'))
+        self.assertTrue(m.write('x\n', log, 5000.0))
+        self.assertIn('writing %s again' % m.path, sink.text())
+
+    def test_the_program_writes_at_start_and_says_down_at_exit(self):
+        path = os.path.join(self.tmp, 'bustd.prom')
+        d = Daemon('--metrics-file', path)
+        try:
+            samples, _ = parse_exposition(read_text(path))
+            self.assertEqual(samples[('bustd_up', ())], 1)
+            self.assertIn('metrics: %s (Prometheus text format)' % path, d.text())
+        finally:
+            self.assertEqual(d.stop(), 0)
+        samples, _ = parse_exposition(read_text(path))
+        self.assertEqual(samples[('bustd_up', ())], 0)
+
+    def loop(self, clock, report_s=0.0):
+        log, sink = make_log()
+        s = settings(self.proc, report_interval_s=report_s)
+        sensor = bustd.MachineSensor(s.proc)
+        sensor.check()
+        d = bustd.Daemon(s, sensor, bustd.Policy(s), no_kernel_calls(), log,
+                         clock=clock, sleep=lambda seconds: None)
+        d.start()
+        d.metrics = bustd.Metrics(os.path.join(self.tmp, 'bustd.prom'), 'machine')
+        return d, sink
+
+    def test_written_every_minute_from_the_loop(self):
+        now = [1000.0]
+        d, sink = self.loop(lambda: now[0])
+        path = d.metrics.path
+        d.step()
+        self.assertTrue(os.path.exists(path))
+        os.unlink(path)
+        now[0] += bustd.METRICS_EVERY_S - 1
+        d.step()
+        self.assertFalse(os.path.exists(path))
+        now[0] += 1
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=5 * GIB)
+        d.step()
+        samples, _ = parse_exposition(read_text(path))
+        self.assertEqual(samples[('bustd_memory_available_bytes', ())], 5 << 30)
+
+    def test_written_with_each_report(self):
+        now = [1000.0]
+        d, sink = self.loop(lambda: now[0], report_s=10)
+        d.step()
+        os.unlink(d.metrics.path)
+        now[0] += 10
+        d.step()
+        self.assertIn('mem avail:', sink.text())
+        self.assertTrue(os.path.exists(d.metrics.path))
+
+
+class MetricsKillTest(RealKillTest):
+    """A real kill with --metrics-file: counted by signal and rule, written after the exit."""
+
+    def test_kill_is_counted_and_written_after_the_victim_is_gone(self):
+        child = self.victim()
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=700 * MIB)      # memory rule, no swap
+        d, sink = self.daemon()
+        path = os.path.join(self.tmp, 'bustd.prom')
+        d.metrics = bustd.Metrics(path, 'machine')
+        d.metrics.next_write_s = float('inf')       # only the kill writes
+        seen = []
+        real_write = d.metrics.write
+
+        def write(text, log, now_s):
+            seen.append(alive(child.pid))
+            return real_write(text, log, now_s)
+        d.metrics.write = write
+        before = time.time()
+        d.step()
+        self.assertEqual(reap(child), -signal.SIGTERM)
+        self.assertEqual(seen, [False])      # written once, after the victim had exited
+        samples, _ = parse_exposition(read_text(path))
+        self.assertEqual(samples[('bustd_kills_total', (('rule', 'memory'),
+                                                        ('signal', 'SIGTERM')))], 1)
+        self.assertEqual(sum(v for k, v in samples.items() if k[0] == 'bustd_kills_total'), 1)
+        self.assertGreaterEqual(samples[('bustd_last_kill_timestamp_seconds', ())], before - 1)
+        self.assertGreaterEqual(samples[('bustd_last_kill_decision_seconds', ())], 0)
+
+    def test_a_thrashing_kill_is_counted_under_its_rule(self):
+        child = self.victim()
+        now = [100.0]
+        d, sink = self.daemon()
+        d.clock = lambda: now[0]
+        path = os.path.join(self.tmp, 'bustd.prom')
+        d.metrics = bustd.Metrics(path, 'machine')
+        for i in range(200):     # swap fills at 60 MiB/s while tasks stall 60 % of the time
+            t = i / 10.0
+            self.proc.meminfo(1000 * MIB, 120 * MIB, swap_total_kib=1000 * MIB,
+                              swap_free_kib=1000 * MIB - int(t * 60 * MIB), anon_kib=800 * MIB)
+            self.proc.psi(0.0, full_total_us=int(t * 0.6e6))
+            d.step()
+            if child.poll() is not None:
+                break
+            now[0] += 0.1
+        self.assertEqual(reap(child), -signal.SIGTERM)
+        samples, _ = parse_exposition(read_text(path))
+        self.assertEqual(samples[('bustd_kills_total', (('rule', 'thrash'),
+                                                        ('signal', 'SIGTERM')))], 1)
+
+    def test_kill_happens_when_the_file_cannot_be_written(self):
+        child = self.victim()
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=700 * MIB)
+        d, sink = self.daemon()
+        d.metrics = bustd.Metrics(os.path.join(self.tmp, 'no', 'such', 'dir', 'b.prom'),
+                                  'machine')
+        d.step()
+        self.assertEqual(reap(child), -signal.SIGTERM)
+        self.assertIn('--metrics-file: cannot write', sink.text())
+
+
+class DecisionRuleTest(unittest.TestCase):
+    """The rule label of a kill: one place names every decision."""
+
+    def test_rules(self):
+        th = bustd.compute_thresholds(settings('/proc'), 8 * GIB, 8 * GIB)
+        th_noswap = bustd.compute_thresholds(settings('/proc'), 8 * GIB, 0)
+        cases = [
+            ('enough memory', reading(avail=6 * GIB), th_noswap, None),
+            ('memory, no swap', reading(avail=700 * MIB), th_noswap, 'memory'),
+            ('memory, no swap, kill', reading(avail=100 * MIB), th_noswap, 'memory'),
+            ('memory and swap low', reading(avail=700 * MIB, swap_total=8 * GIB,
+                                            swap_free=100 * MIB), th, 'swap'),
+            ('swap plenty: nothing', reading(avail=700 * MIB, swap_total=8 * GIB,
+                                             swap_free=4 * GIB), th, None),
+            ('pressure', reading(avail=GIB, psi=50.0), th_noswap, 'pressure'),
+            # With swap, the thrashing rule (no trend here) tells a burst from a leak.
+            ('pressure, swap plenty', reading(avail=700 * MIB, swap_total=8 * GIB,
+                                              swap_free=4 * GIB, psi=50.0), th, None),
+        ]
+        for why, r, t, expected in cases:
+            with self.subTest(why=why):
+                self.assertEqual(bustd.decision_rule(r, t), expected)
+                self.assertIn(expected, (None,) + bustd.KILL_RULES)
+
+
+
+# ----------------------------------------------------------------------------
+# --install / --uninstall into a temporary root
+# ----------------------------------------------------------------------------
+
+OPTIONS = ('-m', '15,8', '-u', 'sshd|postgres', '--prefer', '^(chrome|firefox)$')
+
+
+def tree(root):
+    """Return {relative path: (kind, mode or link target)} of everything under root."""
+    found = {}
+    for directory, dirs, files in os.walk(root):
+        for name in files + [d for d in dirs if os.path.islink(os.path.join(directory, d))]:
+            path = os.path.join(directory, name)
+            rel = os.path.relpath(path, root)
+            if os.path.islink(path):
+                found[rel] = ('link', os.readlink(path))
+            else:
+                found[rel] = ('file', stat.S_IMODE(os.stat(path).st_mode))
+    return found
+
+
+class stderr_to(object):
+    """Context: file descriptor 2 goes to path (bustd writes errors there with os.write)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __enter__(self):
+        self.saved = os.dup(2)
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.dup2(fd, 2)
+        os.close(fd)
+        return lambda: read_text(self.path)
+
+    def __exit__(self, *exc):
+        os.dup2(self.saved, 2)
+        os.close(self.saved)
+
+
+class InstallTest(TempDirTest):
+    """Black-box --install/--uninstall runs into a temporary --root, one per init system."""
+
+    EXPECTED = {
+        'systemd': {
+            'usr/local/sbin/bustd': ('file', 0o755),
+            'etc/systemd/system/bustd.service': ('file', 0o644),
+            'etc/default/bustd': ('file', 0o644),
+            'etc/systemd/system/multi-user.target.wants/bustd.service':
+                ('link', '/etc/systemd/system/bustd.service'),
+        },
+        'openrc': {
+            'usr/local/sbin/bustd': ('file', 0o755),
+            'etc/init.d/bustd': ('file', 0o755),
+            'etc/conf.d/bustd': ('file', 0o644),
+            'etc/runlevels/default/bustd': ('link', '/etc/init.d/bustd'),
+        },
+        'runit': {
+            'usr/local/sbin/bustd': ('file', 0o755),
+            'etc/sv/bustd/run': ('file', 0o755),
+            'etc/sv/bustd/conf': ('file', 0o644),
+            'var/service/bustd': ('link', '/etc/sv/bustd'),
+        },
+        'busybox': {'usr/local/sbin/bustd': ('file', 0o755)},
+        'none': {'usr/local/sbin/bustd': ('file', 0o755)},
+    }
+
+    def root(self, flavour):
+        root = os.path.join(self.tmp, flavour)
+        if flavour == 'runit':
+            os.makedirs(os.path.join(root, 'var/service'))
+        return root
+
+    def install(self, root, *args):
+        out = run_cli('--install', '--root', root, *args)
+        self.assertEqual(out.returncode, 0, out.stdout + out.stderr)
+        return out.stdout
+
+    def test_the_unit_is_the_repository_file(self):
+        with open(os.path.join(HERE, 'bustd.service')) as f:
+            shipped = f.read()
+        self.assertEqual(bustd.SYSTEMD_UNIT, shipped)
+        out = run_cli('--print-unit')
+        self.assertEqual((out.returncode, out.stdout), (0, shipped))
+        with open(os.path.join(HERE, 'etc', 'default', 'bustd')) as f:
+            self.assertEqual(bustd.OPTIONS_FILE, f.read())
+
+    def test_every_init_system(self):
+        with open(BUSTD, 'rb') as f:
+            program = f.read()
+        for flavour in bustd.INIT_SYSTEMS:
+            with self.subTest(flavour=flavour):
+                root = self.root(flavour)
+                out = self.install(root, '--init', flavour, *OPTIONS)
+                found = tree(root)
+                self.assertEqual(found, self.EXPECTED[flavour])
+                for rel, (kind, _) in found.items():    # every file written is printed
+                    self.assertIn(os.path.join(root, rel), out)
+                with open(os.path.join(root, 'usr/local/sbin/bustd'), 'rb') as f:
+                    self.assertEqual(f.read(), program)
+                self.assertIn('not starting anything', out)
+                version = subprocess.run([os.path.join(root, 'usr/local/sbin/bustd'),
+                                          '--version'], stdout=subprocess.PIPE,
+                                         universal_newlines=True)
+                self.assertEqual(version.stdout.strip(), 'bustd ' + bustd.__version__)
+
+    def test_options_reach_each_init_system(self):
+        for flavour, rel, line in (
+                ('systemd', 'etc/default/bustd',
+                 'BUSTD_ARGS="-m 15,8 -u sshd|postgres --prefer ^(chrome|firefox)$"'),
+                ('openrc', 'etc/conf.d/bustd',
+                 'BUSTD_ARGS="-m 15,8 -u \'sshd|postgres\' --prefer \'^(chrome|firefox)$\'"'),
+                ('runit', 'etc/sv/bustd/conf',
+                 'BUSTD_ARGS="-m 15,8 -u sshd|postgres --prefer ^(chrome|firefox)$"')):
+            with self.subTest(flavour=flavour):
+                root = self.root(flavour)
+                self.install(root, '--init', flavour, *OPTIONS)
+                self.assertIn('\n' + line + '\n', read_text(os.path.join(root, rel)))
+        for flavour, prefix in (('busybox', '::respawn:/usr/local/sbin/bustd --no-daemon '),
+                                ('none', '/usr/local/sbin/bustd --pidfile /run/bustd.pid ')):
+            with self.subTest(flavour=flavour):
+                out = self.install(self.root(flavour), '--init', flavour, *OPTIONS)
+                self.assertIn("-m 15,8 -u 'sshd|postgres' --prefer '^(chrome|firefox)$'\n", out)
+                self.assertIn(prefix, out)
+
+    def test_the_options_survive_the_shells_that_read_them(self):
+        # What each init system's shell makes of the written options: bustd's argv.
+        root = self.root('openrc')
+        self.install(root, '--init', 'openrc', *OPTIONS)
+        script = ('. %s/etc/conf.d/bustd; command_args="--no-daemon ${BUSTD_ARGS}"; '
+                  'eval set -- $command_args; for a in "$@"; do printf "%%s\\n" "$a"; done'
+                  % root)
+        out = subprocess.run(['sh', '-c', script], cwd=self.tmp, stdout=subprocess.PIPE,
+                             universal_newlines=True).stdout
+        self.assertEqual(out.split('\n')[:-1], ['--no-daemon'] + list(OPTIONS))
+        root = self.root('runit')
+        self.install(root, '--init', 'runit', *OPTIONS + ('-u', 'sshd*'))
+        run = read_text(os.path.join(root, 'etc/sv/bustd/run')).replace(
+            'exec /usr/local/sbin/bustd', 'for a in').replace(' 2>&1', '; do printf "%s\\n" "$a"; done')
+        open(os.path.join(self.tmp, 'sshd-lookalike'), 'w').close()    # a glob would match it
+        out = subprocess.run(['sh', '-c', run], cwd=os.path.join(root, 'etc/sv/bustd'),
+                             stdout=subprocess.PIPE, universal_newlines=True).stdout
+        self.assertEqual(out.split('\n')[:-1], ['--no-daemon', '--log-file', '/var/log/bustd.log']
+                         + list(OPTIONS) + ['-u', 'sshd*'])
+
+    def test_scripts_are_valid_shell(self):
+        root = self.root('openrc')
+        self.install(root, '--init', 'openrc')
+        root_runit = self.root('runit')
+        self.install(root_runit, '--init', 'runit')
+        for path in (os.path.join(root, 'etc/init.d/bustd'),
+                     os.path.join(root_runit, 'etc/sv/bustd/run')):
+            with self.subTest(path=path):
+                out = subprocess.run(['sh', '-n', path], stderr=subprocess.PIPE,
+                                     universal_newlines=True)
+                self.assertEqual((out.returncode, out.stderr), (0, ''))
+
+    def test_second_install_upgrades_in_place_and_keeps_the_options(self):
+        for flavour, options in (('systemd', 'etc/default/bustd'),
+                                 ('openrc', 'etc/conf.d/bustd'), ('runit', 'etc/sv/bustd/conf')):
+            with self.subTest(flavour=flavour):
+                root = self.root(flavour)
+                self.install(root, '--init', flavour, '-m', '15,8')
+                bin_path = os.path.join(root, 'usr/local/sbin/bustd')
+                with open(bin_path, 'wb') as f:
+                    f.write(b'old version\n')
+                first = read_text(os.path.join(root, options))
+                out = self.install(root, '--init', flavour, '-m', '20,10')
+                self.assertEqual(tree(root), self.EXPECTED[flavour])        # no temp files left
+                with open(bin_path, 'rb') as f, open(BUSTD, 'rb') as g:
+                    self.assertEqual(f.read(), g.read())                 # upgraded
+                self.assertEqual(read_text(os.path.join(root, options)), first)   # kept
+                self.assertIn('kept %s' % os.path.join(root, options), out)
+                self.assertIn('your options were NOT written there', out)
+
+    def test_uninstall_removes_what_install_wrote(self):
+        for flavour in bustd.INIT_SYSTEMS:
+            with self.subTest(flavour=flavour):
+                root = self.root(flavour)
+                mine = os.path.join(root, 'etc/keep-me')
+                os.makedirs(os.path.dirname(mine), exist_ok=True)
+                open(mine, 'w').close()
+                self.install(root, '--init', flavour, *OPTIONS)
+                out = run_cli('--uninstall', '--root', root, '--init', flavour)
+                self.assertEqual(out.returncode, 0, out.stdout + out.stderr)
+                self.assertEqual(tree(root), {'etc/keep-me': ('file', 0o644)})
+                for rel in self.EXPECTED[flavour]:
+                    self.assertIn('remove %s' % os.path.join(root, rel), out.stdout)
+
+    def test_uninstall_leaves_edited_files_and_says_so(self):
+        root = self.root('systemd')
+        self.install(root, '--init', 'systemd', '-m', '15,8')
+        options = os.path.join(root, 'etc/default/bustd')
+        with open(options, 'a') as f:
+            f.write('# my note\n')
+        unit = os.path.join(root, 'etc/systemd/system/bustd.service')
+        with open(unit, 'a') as f:
+            f.write('# edited\n')
+        out = run_cli('--uninstall', '--root', root, '--init', 'systemd')
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertEqual(sorted(tree(root)), ['etc/default/bustd',
+                                              'etc/systemd/system/bustd.service'])
+        self.assertIn('left %s' % options, out.stdout)
+        self.assertIn('left %s' % unit, out.stdout)
+
+    def test_uninstall_reports_the_options_it_removes(self):
+        root = self.root('systemd')
+        self.install(root, '--init', 'systemd', '-m', '15,8')
+        out = run_cli('--uninstall', '--root', root, '--init', 'systemd')
+        self.assertIn('options were: BUSTD_ARGS="-m 15,8"', out.stdout)
+
+    def test_dry_run_only_prints(self):
+        for flavour in bustd.INIT_SYSTEMS:
+            with self.subTest(flavour=flavour):
+                root = self.root(flavour)
+                before = tree(root)
+                out = self.install(root, '--init', flavour, '--dry-run')
+                self.assertEqual(tree(root), before)
+                for rel, (kind, _) in self.EXPECTED[flavour].items():
+                    self.assertIn('would %s %s' % ('link' if kind == 'link' else 'write',
+                                                   os.path.join(root, rel)), out)
+
+    def test_detects_the_init_system(self):
+        cases = [
+            (('run/systemd/system/', 'sbin/openrc-run'), 'systemd'),
+            (('run/openrc/', 'lib/systemd/systemd'), 'openrc'),
+            (('run/runit/', 'lib/systemd/systemd'), 'runit'),
+            (('usr/lib/systemd/systemd',), 'systemd'),
+            (('sbin/openrc-run', 'etc/inittab'), 'openrc'),
+            (('usr/bin/runsvdir', 'etc/inittab'), 'runit'),
+            (('etc/inittab',), 'busybox'),
+            ((), 'none'),
+        ]
+        for i, (paths, expected) in enumerate(cases):
+            with self.subTest(paths=paths):
+                root = os.path.join(self.tmp, 'detect%d' % i)
+                os.makedirs(root)
+                for rel in paths:
+                    path = os.path.join(root, rel)
+                    os.makedirs(os.path.dirname(path.rstrip('/')), exist_ok=True)
+                    if rel.endswith('/'):
+                        os.makedirs(path)
+                    else:
+                        open(path, 'w').close()
+                self.assertEqual(bustd.detect_init(root), expected)
+                out = self.install(root, '--dry-run')
+                self.assertIn('install (dry run) for %s into %s' % (expected, root), out)
+
+    def test_live_plans_run_the_init_systems_commands(self):
+        cases = [
+            ('systemd', ['systemctl daemon-reload', 'systemctl enable bustd',
+                         'systemctl restart bustd']),
+            ('openrc', ['rc-update add bustd default', 'rc-service bustd restart']),
+            ('none', ["/usr/local/sbin/bustd --pidfile /run/bustd.pid -m 15,8 -u "
+                      "'sshd|postgres'"]),
+        ]
+        for flavour, commands in cases:
+            with self.subTest(flavour=flavour):
+                steps = bustd.install_plan(flavour, '/', ('-m', '15,8', '-u', 'sshd|postgres'),
+                                           b'program')
+                out = io.StringIO()
+                self.assertEqual(bustd.run_install_steps(steps, True, out), 0)
+                ran = [line[len('would run: '):] for line in out.getvalue().split('\n')
+                       if line.startswith('would run: ')]
+                self.assertEqual(ran, commands)
+
+    def test_a_failing_command_is_exit_1(self):
+        root = self.root('systemd')
+        steps = [bustd.InstallStep('write', os.path.join(root, 'a'), 'x'),
+                 bustd.InstallStep('run', argv=['systemctl', 'daemon-reload']),
+                 bustd.InstallStep('write', os.path.join(root, 'b'), 'x')]
+        out = io.StringIO()
+        status = bustd.run_install_steps(steps, False, out, run=lambda argv: 1)
+        self.assertEqual(status, 1)
+        self.assertEqual(sorted(tree(root)), ['a'])
+        self.assertIn('failed: systemctl exited with status 1', out.getvalue())
+
+    def test_refuses_without_root(self):
+        for action in ('--install', '--uninstall'):
+            with self.subTest(action=action):
+                out = io.StringIO()
+                with stderr_to(os.path.join(self.tmp, 'stderr')) as err:
+                    status = bustd.install_main(bustd.parse_settings([action]), out, euid=1000)
+                self.assertEqual(status, 1)
+                self.assertIn('%s needs root: run it with sudo' % action, err())
+                self.assertEqual(out.getvalue(), '')
+
+    def test_bad_install_command_lines_are_exit_2(self):
+        for args, message in (
+                (('--install', '-u', 'a b'), 'cannot be written to an options file'),
+                (('--install', '-N', '/bin/tr\'ue'), 'argument -N'),
+                (('--root', self.tmp), 'only apply with --install'),
+                (('--install', '--init', 'upstart'), 'argument --init'),
+                (('--install', '--list'), 'choose one')):
+            with self.subTest(args=args):
+                out = run_cli(*args)
+                self.assertEqual(out.returncode, 2, out.stderr)
+                self.assertIn(message, out.stderr)
+
+    def test_install_options_drop_the_installers_own_flags(self):
+        cases = [
+            (['--install', '-m', '15', '--root', '/x', '--init=openrc', '-n'], ('-m', '15')),
+            (['--inst', '--dry-run', '--root=/x', '-u', 'sshd', '--no-daemon'], ('-u', 'sshd')),
+            (['--install', '--metrics-file', '/run/bustd/bustd.prom', '--kill-cgroup'],
+             ('--metrics-file', '/run/bustd/bustd.prom', '--kill-cgroup')),
+            (['--install', '--prefer', '^(a|b)$'], ('--prefer', '^(a|b)$')),
+        ]
+        for argv, expected in cases:
+            with self.subTest(argv=argv):
+                self.assertEqual(bustd.install_options(argv), expected)
+        for bad in ('a b', 'it"s', "it's", 'a\\b', '`x`', '$HOME', '${x}', '$(id)'):
+            with self.subTest(bad=bad):
+                self.assertRaises(bustd.UsageError, bustd.install_options, ['-u', bad])
+
+
+class StopPidfileTest(TempDirTest):
+    """An upgrade without an init system stops the bustd of the pidfile, and only a bustd."""
+
+    def test_stops_the_running_bustd_and_leaves_other_processes(self):
+        pidfile = os.path.join(self.tmp, 'bustd.pid')
+        d = Daemon('--pidfile', pidfile)
+        try:
+            self.assertTrue(wait_until(lambda: read_text(pidfile).strip().isdigit()))
+            self.assertTrue(bustd.stop_pidfile_bustd(pidfile))
+            self.assertIsNotNone(d.proc.poll())
+        finally:
+            self.assertEqual(d.stop(), 0)
+        other = start_victim()
+        self.addCleanup(stop, other)
+        with open(pidfile, 'w') as f:
+            f.write('%d\n' % other.pid)
+        self.assertFalse(bustd.stop_pidfile_bustd(pidfile))
+        self.assertIsNone(other.poll())
 
 
 if __name__ == '__main__':
