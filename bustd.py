@@ -12,8 +12,12 @@ Decision rule (defaults, all configurable, all printed at start-up)
   SIGTERM  when MemAvailable <= 10 % of RAM  and  free swap <= 10 % of swap
   SIGKILL  when MemAvailable <=  5 % of RAM  and  free swap <=  5 % of swap
            (no swap configured counts as "swap low")
-  SIGTERM  also when memory pressure (PSI "some" avg10) >= 25 while
-           MemAvailable <= 15 %: thrashing that a large swap would hide.
+  SIGTERM  also when tasks stalled on memory (PSI "full" total=) for 8 s
+           within 30 s while anonymous memory, in RAM or swap, kept growing
+           toward exhausting RAM and swap (zram counted at its real RAM
+           cost): thrashing that a large swap hides, told from a burst that
+           swap absorbs (it stops growing).  Without swap, PSI "some" avg10
+           >= 25 while MemAvailable <= 15 % does that job.
   Victim   the highest /proc/PID/oom_score (ties: larger RSS), never a
            protected process (sshd, systemd, package managers, ...).
 
@@ -68,6 +72,21 @@ DEFAULT_MEM_PERCENT = (10.0, 5.0)
 DEFAULT_SWAP_PERCENT = (10.0, 5.0)
 DEFAULT_PSI_AVG10 = 25.0             # bustd's default
 DEFAULT_PSI_MEM_MAX_PERCENT = 15.0   # bustd's figure
+
+# The thrashing rule: SIGTERM once tasks were all stalled on memory (PSI
+# "full") for DEFAULT_THRASH_STALL_MS within the last THRASH_WINDOW_S, counting
+# only the time when anonymous memory (in RAM or swap) grew fast enough to
+# exhaust RAM and swap within the horizon.  A burst stops growing and stops
+# counting; a leak keeps both going.  In the lab (qemu, stock Debian 6.1
+# kernel, 1 GiB guest, zram swap) a healthy 850 MB burst, slowed by its own
+# stall, stalled up to about 7 s while still growing: the budget is above
+# that (see the README).
+DEFAULT_THRASH_STALL_MS = 8000
+DEFAULT_THRASH_HORIZON_S = 60.0
+THRASH_WINDOW_S = 30.0
+THRASH_GROWTH_WINDOW_S = 0.5   # growth is measured over this long (and lags by it)
+THRASH_POLL_S = 0.1            # poll at least this often while tasks stall on memory
+THRASH_SAMPLE_S = 0.05         # keep at most one sample per this long (600 per window)
 
 # Polling.  The sleep is headroom / fill rate, clamped to [floor, ceiling].
 # Measured on a 2-core host: a C hog fills 2.2 GB/s with THP, 3.3 GB/s with
@@ -357,6 +376,17 @@ def available_kib(meminfo):
                - get('Shmem', 0))
 
 
+def anon_in_ram_kib(fields, anon, shmem, swap_cached, per_kib=1):
+    """Return anon + shmem - swap cache from meminfo or memory.stat fields (None: no anon).
+
+    Pages in the swap cache are in RAM and in swap at once: counted once.
+    """
+    if anon not in fields:
+        return None
+    return max(0, (fields[anon] + fields.get(shmem, 0) - fields.get(swap_cached, 0))
+               // per_kib)
+
+
 def parse_psi(data):
     """Return (some_avg10, full_avg10) from a PSI file, None for what is absent.
 
@@ -380,6 +410,35 @@ def parse_psi(data):
                     full = value
                 break
     return some, full
+
+
+def parse_psi_total_us(data, kind=b'full'):
+    """Return the `total=` stall time in microseconds of one PSI line ('some' or 'full').
+
+    None when the line or the number is absent or not a plain count: the
+    caller then has no stall figure, never a zero one.
+    """
+    for line in data.split(b'\n'):
+        if not line.startswith(kind + b' '):
+            continue
+        for item in line.split():
+            if item.startswith(b'total='):
+                value = item[6:]
+                return int(value) if value.isdigit() and len(value) < 20 else None
+        return None
+    return None
+
+
+def parse_zram_mm_stat(data):
+    """Return (stored_kib, ram_kib) from a zram mm_stat: data swapped in, RAM it takes.
+
+    mm_stat: orig_data_size compr_data_size mem_used_total ... in bytes
+    (Documentation/admin-guide/blockdev/zram.rst).  None when malformed.
+    """
+    fields = data.split()
+    if len(fields) < 3 or not (fields[0].isdigit() and fields[2].isdigit()):
+        return None
+    return int(fields[0]) // 1024, int(fields[2]) // 1024
 
 
 def parse_zoneinfo_reserve_kib(data, page_kib=4):
@@ -627,16 +686,27 @@ class Reading(object):
 
     `exact` is False when mem_available_kib is only sysinfo's cheap lower
     bound (MemFree - reserve); psi_* are None when unread or unavailable.
+    stall_total_us is PSI's "full" total= counter (None: unread or absent);
+    anon_kib is anonymous and shared memory in RAM that swap does not also
+    hold (AnonPages + Shmem - SwapCached; None: unknown); zram_stored_kib /
+    zram_ram_kib are what zram holds and the RAM that costs (0: no zram).
     """
     __slots__ = ('mem_total_kib', 'mem_free_kib', 'mem_available_kib',
-                 'swap_total_kib', 'swap_free_kib', 'psi_some_avg10',
-                 'psi_full_avg10', 'exact')
+                 'swap_total_kib', 'swap_free_kib', 'anon_kib', 'psi_some_avg10',
+                 'psi_full_avg10', 'stall_total_us', 'zram_stored_kib', 'zram_ram_kib',
+                 'exact')
 
     def __init__(self):
         self.mem_total_kib = self.mem_free_kib = self.mem_available_kib = 0
         self.swap_total_kib = self.swap_free_kib = 0
-        self.psi_some_avg10 = self.psi_full_avg10 = None
+        self.anon_kib = None
+        self.psi_some_avg10 = self.psi_full_avg10 = self.stall_total_us = None
+        self.zram_stored_kib = self.zram_ram_kib = 0
         self.exact = False
+
+    def forget_pressure(self):
+        """Drop the PSI figures: a cheap reading has none."""
+        self.psi_some_avg10 = self.psi_full_avg10 = self.stall_total_us = None
 
 
 class EnvironmentProblem(Exception):
@@ -707,13 +777,100 @@ def read_psi_avg10(path, log, what):
     return some, full
 
 
-class MachineSensor(object):
+class Sensor(object):
+    """What the loop reads memory through; MachineSensor and CgroupSensor fill it in.
+
+    read(reading, th) takes the sensor's cheap figure (cheap_room_kib, a
+    lower bound of available memory, or None) and stops there while it is
+    above every level (reading.exact False); otherwise, and always in
+    read_exact(reading, th=None), it reads exactly: memory and swap
+    (read_memory, per sensor), then PSI and zram (here, the same for both).
+    th=None asks for every figure.  psi_path/has_psi name the pressure file
+    for the PSI trigger; member_pids() says who may be killed (None:
+    anyone); threshold_event_fd() gives an fd that wakes the loop, or None;
+    kind ('machine' or 'cgroup') labels the metrics.
+    """
+    psi_path = None
+    has_psi = False
+    uses_sysinfo = False
+    has_mem_available = True
+    zram_paths = ()
+
+    def read(self, reading, th):
+        """Fill `reading`; exact only when the cheap figure is near th.trigger_kib."""
+        lower = self.cheap_room_kib(reading, th)
+        if lower is not None and lower > th.trigger_kib:
+            reading.mem_available_kib = lower
+            reading.exact = False
+            reading.forget_pressure()
+            return reading
+        return self.read_exact(reading, th)
+
+    def read_exact(self, reading, th=None):
+        """Fill `reading` exactly: memory, swap, PSI and zram."""
+        self.read_memory(reading)
+        self.read_pressure(reading, th)
+        self.read_zram(reading)
+        return reading
+
+    def read_pressure(self, reading, th):
+        """Fill the PSI figures, when PSI exists and a rule can use them.
+
+        avg10 feeds the PSI rule, below th.psi_mem_max_kib only; the "full"
+        total= counter feeds the thrashing rule, which measures its own windows.
+        """
+        reading.forget_pressure()
+        if not self.has_psi:
+            return
+        if th is None or reading.mem_available_kib <= th.psi_mem_max_kib:
+            reading.psi_some_avg10, reading.psi_full_avg10 = read_psi_avg10(
+                self.psi_path, self.log, self.psi_path)
+        if th is None or th.thrash_stall_ms is not None:
+            reading.stall_total_us = parse_psi_total_us(
+                read_small(self.psi_path, 512) or b'')
+
+    def read_zram(self, reading):
+        """Fill the zram figures: what zram swap holds, and the RAM that really costs."""
+        stored = ram = 0
+        for path in self.zram_paths:
+            figures = parse_zram_mm_stat(read_small(path, 512) or b'')
+            if figures is not None:
+                stored += figures[0]
+                ram += figures[1]
+        reading.zram_stored_kib, reading.zram_ram_kib = stored, ram
+
+    def cheap_room_kib(self, reading, th):
+        """Return a cheap lower bound of available memory (filling totals), or None."""
+        return None
+
+    def member_pids(self):
+        """Return the set of pids that may be killed (None: every process)."""
+        return None
+
+    def threshold_event_fd(self, calls, th):
+        """Return an fd that polls readable when usage crosses a level (None here)."""
+        return None
+
+
+def find_zram_swaps(proc, sys_fs):
+    """Return the mm_stat paths of the zram devices that are swap (/proc/swaps)."""
+    paths = []
+    for line in (read_file(proc + '/swaps') or b'').split(b'\n')[1:]:
+        device = (line.split() or [b''])[0]
+        name = os.path.basename(device.decode('utf-8', 'replace'))
+        if device.startswith(b'/dev/zram') and name[4:].isdigit():
+            paths.append('%s/block/%s/mm_stat' % (sys_fs, name))
+    return tuple(paths)
+
+
+class MachineSensor(Sensor):
     """Reads the whole machine's memory: sysinfo(2), /proc/meminfo, /proc/pressure/memory."""
 
     kind = 'machine'
 
-    def __init__(self, proc='/proc', calls=None, log=None):
+    def __init__(self, proc='/proc', calls=None, log=None, sys_fs='/sys'):
         self.proc = proc
+        self.sys_fs = sys_fs
         self.meminfo_path = proc + '/meminfo'
         self.psi_path = proc + '/pressure/memory'
         self.log = log
@@ -723,10 +880,7 @@ class MachineSensor(object):
         self.reserve_kib = None
         self.next_reserve = 0.0
         self.mem_total_kib = 0
-        self.uses_sysinfo = False
         self.sysinfo_differs = None    # why sysinfo(2) is not used, when it disagrees
-        self.has_mem_available = True
-        self.has_psi = False
 
     def check(self):
         """Validate the sources once; return warnings; raise EnvironmentProblem."""
@@ -761,13 +915,17 @@ class MachineSensor(object):
                     format_kib(self.mem_total_kib))
             else:
                 self.read_reserve()
+        self.zram_paths = find_zram_swaps(self.proc, self.sys_fs)
         # Polls start with the cheap sysinfo(2) reading only with both parts.
         self.uses_sysinfo = (self.sysinfo is not None and self.sysinfo_differs is None
                              and self.reserve_kib is not None)
         return warnings
 
     def read_reserve(self):
-        """Set reserve_kib from /proc/zoneinfo (None if unreadable or absurd); again in a minute."""
+        """Set reserve_kib from /proc/zoneinfo (None if unreadable or absurd); again in a minute.
+
+        The zram swaps are looked up again at the same time (swapon, swapoff).
+        """
         self.next_reserve = time.monotonic() + 60
         zoneinfo = read_file(self.proc + '/zoneinfo', 1 << 20)
         if zoneinfo:
@@ -784,6 +942,7 @@ class MachineSensor(object):
                                        'against %s of memory; reading %s on every poll'
                                        % (self.proc, format_kib(reserve),
                                           format_kib(self.mem_total_kib), self.meminfo_path))
+        self.zram_paths = find_zram_swaps(self.proc, self.sys_fs)
 
     def describe(self):
         """Return what the readings come from, for the start-up lines."""
@@ -795,25 +954,20 @@ class MachineSensor(object):
                 fast += ': %s' % self.sysinfo_differs
         return 'the whole machine (%s)' % fast
 
-    def read(self, reading, th):
-        """Fill `reading`; exact only when the cheap bound is near th.trigger_kib."""
-        if self.uses_sysinfo:
-            self.sysinfo(reading)
-            if reading.mem_free_kib - self.reserve_kib > th.trigger_kib \
-                    and time.monotonic() >= self.next_reserve:
-                self.read_reserve()    # vm.min_free_kbytes may have been raised since
-            if self.reserve_kib is None:
-                return self.read_exact(reading, th)
-            lower = reading.mem_free_kib - self.reserve_kib
-            if lower > th.trigger_kib:
-                reading.mem_available_kib = lower
-                reading.exact = False
-                reading.psi_some_avg10 = reading.psi_full_avg10 = None
-                return reading
-        return self.read_exact(reading, th)
+    def cheap_room_kib(self, reading, th):
+        """Return sysinfo's MemFree - reserve (a lower bound of MemAvailable), or None."""
+        if not self.uses_sysinfo:
+            return None
+        self.sysinfo(reading)
+        if reading.mem_free_kib - self.reserve_kib > th.trigger_kib \
+                and time.monotonic() >= self.next_reserve:
+            self.read_reserve()    # vm.min_free_kbytes may have been raised since
+        if self.reserve_kib is None:
+            return None
+        return reading.mem_free_kib - self.reserve_kib
 
-    def read_exact(self, reading, th=None, with_psi=True):
-        """Fill `reading` from /proc/meminfo (and PSI when the rule may apply)."""
+    def read_memory(self, reading):
+        """Fill memory and swap from /proc/meminfo."""
         data = read_file(self.meminfo_path)
         fields = parse_meminfo(data) if data else {}
         avail = available_kib(fields)
@@ -823,6 +977,7 @@ class MachineSensor(object):
             reading.mem_available_kib = avail
             reading.swap_total_kib = fields['SwapTotal']
             reading.swap_free_kib = fields['SwapFree']
+            reading.anon_kib = anon_in_ram_kib(fields, 'AnonPages', 'Shmem', 'SwapCached')
             reading.exact = True
         else:   # unreadable or incomplete: keep the last figures, act on nothing new
             reading.exact = False
@@ -831,24 +986,7 @@ class MachineSensor(object):
                                    'until it has them' % (self.meminfo_path, ', '.join(
                                        n for n in MEMINFO_NEEDED + ('MemAvailable',)
                                        if n not in fields)))
-        if with_psi:
-            self.read_psi(reading, th)
         return reading
-
-    def read_psi(self, reading, th):
-        """Fill reading.psi_* when PSI exists and the PSI rule could apply."""
-        reading.psi_some_avg10 = reading.psi_full_avg10 = None
-        if self.has_psi and (th is None or reading.mem_available_kib <= th.psi_mem_max_kib):
-            reading.psi_some_avg10, reading.psi_full_avg10 = read_psi_avg10(
-                self.psi_path, self.log, self.psi_path)
-
-    def member_pids(self):
-        """Return the set of pids that may be killed (None: every process)."""
-        return None
-
-    def threshold_event_fd(self, calls, th):
-        """Return an fd that polls readable when usage crosses a level (None here)."""
-        return None
 
 
 def parse_mountinfo_cgroups(text):
@@ -972,13 +1110,14 @@ def resolve_cgroup(spec, proc='/proc', sys_fs='/sys'):
                      'or auto' % (spec, sys_fs))
 
 
-class CgroupSensor(object):
+class CgroupSensor(Sensor):
     """Reads one cgroup's memory (v1 or v2): usage against its limit, minus file cache.
 
     "Available" is limit - usage + reclaimable page cache (active_file +
     inactive_file from memory.stat), the cgroup's analogue of MemAvailable.
     The cheap reading is limit - usage (it counts the cache as used, so it
     is a lower bound).  Without a limit the machine's figures are used.
+    zram is not charged to cgroups: its RAM counts for the machine only.
     """
 
     kind = 'cgroup'
@@ -997,11 +1136,9 @@ class CgroupSensor(object):
         v2 = version == 2
         self.usage_name = 'memory.current' if v2 else 'memory.usage_in_bytes'
         self.limit_name = 'memory.max' if v2 else 'memory.limit_in_bytes'
+        self.swap_limit_name = 'memory.swap.max' if v2 else 'memory.memsw.limit_in_bytes'
         self.usage_path = path + '/' + self.usage_name
         self.psi_path = path + '/memory.pressure' if v2 else None
-        self.has_psi = False
-        self.uses_sysinfo = False
-        self.has_mem_available = True
 
     def check(self):
         """Validate the cgroup's files; return warnings; raise EnvironmentProblem."""
@@ -1046,19 +1183,12 @@ class CgroupSensor(object):
         if now < self.next_refresh:
             return
         self.next_refresh = now + LIMIT_REFRESH_S
-        self.machine.read_exact(self.host, with_psi=False)   # the host's RAM and swap
+        self.machine.read_memory(self.host)   # the host's RAM and swap
         levels = []
-        path = self.path
-        while True:
+        for path in cgroup_lineage(self.path, self.limit_name):
             limit = read_cgroup_limit(path, self.limit_name)
-            if limit is None and not os.path.exists(path + '/' + self.limit_name):
-                break            # above the hierarchy's root
             if limit is not None and limit // 1024 < self.host.mem_total_kib:
                 levels.append((path, limit // 1024))
-            parent = os.path.dirname(path)
-            if parent == path:
-                break
-            path = parent
         limit_kib = min(kib for _, kib in levels) if levels else None
         if limit_kib != self.limit_kib and self.limits_read:
             self.log.info('cgroup %s: memory limit now %s' % (
@@ -1067,57 +1197,58 @@ class CgroupSensor(object):
         self.limits_read = True
         self.levels = levels
         self.limit_kib = limit_kib
-        if self.version == 2:
-            swap = _cgroup_v2_limit_bytes(self.path, 'memory.swap.max')
-        else:
-            memsw = read_cgroup_limit(self.path, 'memory.memsw.limit_in_bytes')
-            mem = read_cgroup_limit(self.path, 'memory.limit_in_bytes')
-            swap = None if memsw is None else max(0, memsw - (mem or memsw))
+        swap = None
+        for path in cgroup_lineage(self.path, self.swap_limit_name):
+            room = read_cgroup_limit(path, self.swap_limit_name)
+            if room is not None and self.version == 1:
+                # memsw limits memory + swap: swap may hold what memory may not.
+                room = max(0, room - (read_cgroup_limit(path, self.limit_name) or room))
+            if room is not None:
+                swap = room if swap is None else min(swap, room)
         swap_kib = self.host.swap_total_kib
         if swap is not None:
             swap_kib = min(swap_kib, swap // 1024)
         self.swap_limit_kib = swap_kib
 
-    def read(self, reading, th):
-        """Fill `reading`; exact only when limit - usage is near th.trigger_kib anywhere."""
+    def cheap_room_kib(self, reading, th):
+        """Return the least limit - usage of the limiting cgroups, or None (read exactly)."""
         self.refresh_limits()
         if self.limit_kib is None:
-            return self.machine.read(reading, th)
+            return self.machine.cheap_room_kib(reading, th)
         lower = None
         for path, limit_kib in self.levels:
             usage = read_int(path + '/' + self.usage_name)
             if usage is None:
-                return self.read_exact(reading, th)
+                return None
             room = limit_kib - usage // 1024
             lower = room if lower is None else min(lower, room)
-        if lower > th.trigger_kib:
-            reading.mem_total_kib = self.limit_kib
-            reading.mem_available_kib = lower
-            reading.exact = False
-            reading.psi_some_avg10 = reading.psi_full_avg10 = None
-            return reading
-        return self.read_exact(reading, th)
+        reading.mem_total_kib = self.limit_kib
+        return lower
 
     def read_exact(self, reading, th=None):
-        """Fill `reading` from usage, limit and page cache of every limiting cgroup, swap, PSI.
+        """Fill `reading` exactly: the cgroup's figures, or the machine's without a limit."""
+        self.refresh_limits()
+        if self.limit_kib is None:
+            return self.machine.read_exact(reading, th)
+        return Sensor.read_exact(self, reading, th)
+
+    def read_memory(self, reading):
+        """Fill memory from usage, limit and page cache of every limiting cgroup, and swap.
 
         Available memory is the least headroom of the limiting cgroups: a
         parent's limit is shared with this cgroup's siblings.
         """
-        self.refresh_limits()
-        if self.limit_kib is None:
-            return self.machine.read_exact(reading, th)
         prefix = 'total_' if self.version == 1 else ''   # v1: hierarchical counters
         avail = free = None
-        own_usage = None
+        own_usage = own_stat = None
         for path, limit_kib in self.levels:
             usage = read_int(path + '/' + self.usage_name)
             if usage is None:
                 reading.exact = False
                 return reading
-            if path == self.path:
-                own_usage = usage
             stat = parse_meminfo(read_file(path + '/memory.stat') or b'')
+            if path == self.path:
+                own_usage, own_stat = usage, stat
             cache_kib = (stat.get(prefix + 'active_file', 0) +
                          stat.get(prefix + 'inactive_file', 0)) // 1024
             room = max(0, limit_kib - usage // 1024)
@@ -1126,16 +1257,15 @@ class CgroupSensor(object):
             avail = level_avail if avail is None else min(avail, level_avail)
         if own_usage is None:
             own_usage = read_int(self.usage_path) or 0
+            own_stat = parse_meminfo(read_file(self.path + '/memory.stat') or b'')
+        reading.anon_kib = anon_in_ram_kib(own_stat, prefix + 'anon', prefix + 'shmem',
+                                           prefix + 'swapcached', 1024)
         reading.mem_total_kib = self.limit_kib
         reading.mem_free_kib = free
         reading.mem_available_kib = avail
         reading.swap_total_kib = self.swap_limit_kib
         reading.swap_free_kib = self._swap_free_kib(own_usage)
         reading.exact = True
-        reading.psi_some_avg10 = reading.psi_full_avg10 = None
-        if self.has_psi and (th is None or reading.mem_available_kib <= th.psi_mem_max_kib):
-            reading.psi_some_avg10, reading.psi_full_avg10 = read_psi_avg10(
-                self.psi_path, self.log, self.psi_path)
         return reading
 
     def _swap_free_kib(self, usage):
@@ -1206,21 +1336,19 @@ def read_cgroup_limit(path, name):
     return int(value)
 
 
-def _cgroup_v2_limit_bytes(path, name):
-    """Return the smallest `name` limit of path and its ancestors in bytes (None: max)."""
-    limit = None
-    while True:
-        data = read_file(path + '/' + name, 64)
-        if data is None:
-            break
-        value = data.strip()
-        if value.isdigit():
-            limit = int(value) if limit is None else min(limit, int(value))
+def cgroup_lineage(path, name):
+    """Yield path, then each ancestor, while the directory has the control file `name`.
+
+    The one walk up a hierarchy: memory and swap limits of every level.
+    The root cgroup of v2 has no memory.max, and the directory above a
+    v1 hierarchy's root is no cgroup, so the walk stops there.
+    """
+    while os.path.exists(path + '/' + name):
+        yield path
         parent = os.path.dirname(path)
         if parent == path:
-            break
+            return
         path = parent
-    return limit
 
 
 # ============================================================================
@@ -1228,10 +1356,31 @@ def _cgroup_v2_limit_bytes(path, name):
 # ============================================================================
 
 class Thresholds(object):
-    """The decision levels in KiB, derived from settings and the totals they apply to."""
+    """The decision levels in KiB, derived from settings and the totals they apply to.
+
+    Built whole (compute_thresholds builds it from settings): a level left
+    out is a TypeError, never a missing attribute in the middle of a poll.
+    """
     __slots__ = ('mem_total_kib', 'swap_total_kib', 'mem_term_kib', 'mem_kill_kib',
                  'swap_term_kib', 'swap_kill_kib', 'psi_avg10', 'psi_mem_max_kib',
-                 'warn_kib', 'trigger_kib', 'clamped')
+                 'warn_kib', 'thrash_stall_ms', 'thrash_horizon_s', 'trigger_kib',
+                 'clamped')
+
+    def __init__(self, mem_total_kib, swap_total_kib, mem_levels_kib, swap_levels_kib,
+                 psi_avg10=None, psi_mem_max_kib=-1, warn_kib=-1, thrash_stall_ms=None,
+                 thrash_horizon_s=DEFAULT_THRASH_HORIZON_S, clamped=False):
+        self.mem_total_kib = mem_total_kib
+        self.swap_total_kib = swap_total_kib
+        self.mem_term_kib, self.mem_kill_kib = mem_levels_kib
+        self.swap_term_kib, self.swap_kill_kib = swap_levels_kib
+        self.psi_avg10 = psi_avg10
+        self.psi_mem_max_kib = psi_mem_max_kib if psi_avg10 is not None else -1
+        self.warn_kib = warn_kib
+        self.thrash_stall_ms = thrash_stall_ms      # None: the thrashing rule is off
+        self.thrash_horizon_s = thrash_horizon_s
+        self.clamped = clamped
+        # Below this the cheap reading is not enough and an exact one is taken.
+        self.trigger_kib = max(self.mem_term_kib, self.psi_mem_max_kib, self.warn_kib)
 
 
 def compute_thresholds(settings, mem_total_kib, swap_total_kib):
@@ -1240,29 +1389,22 @@ def compute_thresholds(settings, mem_total_kib, swap_total_kib):
     Where both a percentage (-m/-s) and a size (-M/-S) are given, the lower
     level is used, as earlyoom does ("-m 10 -M 1G": 10 %, but at most 1 GiB).
     """
-    th = Thresholds()
-    th.mem_total_kib = mem_total_kib
-    th.swap_total_kib = swap_total_kib
-    th.mem_term_kib, th.mem_kill_kib = _levels_kib(
-        settings.mem_percent, settings.mem_size_kib, mem_total_kib)
+    mem_levels = _levels_kib(settings.mem_percent, settings.mem_size_kib, mem_total_kib)
     # A SIGTERM level at or above the total would kill at once and forever
     # (say -M 2G against a cgroup limit lowered to 1G): use the defaults.
-    th.clamped = mem_total_kib > 0 and th.mem_term_kib >= mem_total_kib
-    if th.clamped:
-        th.mem_term_kib, th.mem_kill_kib = _levels_kib(DEFAULT_MEM_PERCENT, None, mem_total_kib)
-    th.swap_term_kib, th.swap_kill_kib = _levels_kib(
-        settings.swap_percent, settings.swap_size_kib, swap_total_kib)
-    th.psi_avg10 = settings.psi_avg10
-    if settings.psi_avg10 is None:
-        th.psi_mem_max_kib = -1
-    else:
-        th.psi_mem_max_kib = int(mem_total_kib * settings.psi_mem_max_percent / 100)
-    th.warn_kib = -1
+    clamped = mem_total_kib > 0 and mem_levels[0] >= mem_total_kib
+    if clamped:
+        mem_levels = _levels_kib(DEFAULT_MEM_PERCENT, None, mem_total_kib)
+    warn_kib = -1
     if settings.warn_percent is not None:
-        th.warn_kib = int(mem_total_kib * settings.warn_percent / 100)
-    # Below this the cheap reading is not enough and an exact one is taken.
-    th.trigger_kib = max(th.mem_term_kib, th.psi_mem_max_kib, th.warn_kib)
-    return th
+        warn_kib = int(mem_total_kib * settings.warn_percent / 100)
+    return Thresholds(
+        mem_total_kib, swap_total_kib, mem_levels,
+        _levels_kib(settings.swap_percent, settings.swap_size_kib, swap_total_kib),
+        psi_avg10=settings.psi_avg10,
+        psi_mem_max_kib=int(mem_total_kib * settings.psi_mem_max_percent / 100),
+        warn_kib=warn_kib, thrash_stall_ms=settings.thrash_stall_ms,
+        thrash_horizon_s=settings.thrash_horizon_s, clamped=clamped)
 
 
 def check_levels(settings, th):
@@ -1288,54 +1430,147 @@ def _levels_kib(percent_pair, size_pair, total_kib):
     return term, kill
 
 
-def decide(reading, th):
-    """Return the signal the reading calls for: 0, SIGTERM or SIGKILL.
+def demand_kib(reading):
+    """Return the anonymous memory the workloads hold, in RAM or in swap (None: unknown).
+
+    Growth of this figure is what runs a machine out of memory and swap;
+    swapping out (a burst being absorbed) and evicting page cache move
+    memory without growing it, and zram's own RAM is not in it.
+    """
+    if reading.anon_kib is None:
+        return None
+    return reading.anon_kib + reading.swap_total_kib - reading.swap_free_kib
+
+
+def room_kib(reading):
+    """Return how much more the workloads can take before RAM and swap are exhausted.
+
+    Available memory plus free swap; but zram swap is RAM: it can only take
+    what available memory holds once compressed (its measured ratio), however
+    large the device (a 1 GiB zram on a 1 GiB machine is not 1 GiB of room).
+    """
+    room = reading.mem_available_kib + reading.swap_free_kib
+    if reading.zram_ram_kib > 0:
+        room = min(room, reading.mem_available_kib * reading.zram_stored_kib
+                   // reading.zram_ram_kib)
+    return max(0, room)
+
+
+class Trend(object):
+    """The recent exact readings the thrashing rule looks back on.
+
+    samples: (time_s, stall_total_us, demand_kib, counted_us), oldest first,
+    over window_s, at most one per THRASH_SAMPLE_S (polls 10 ms apart would
+    make thousands; the stall between two samples counts at the later one).
+    counted_us is the stall since the previous sample when, at that moment,
+    demand grew fast enough to exhaust room_kib within the horizon; left_s
+    is that time at the latest sample (None: demand is not growing).  A
+    reading without a stall figure (cheap, unreadable, no PSI) starts the
+    history afresh.
+    """
+
+    def __init__(self, window_s=THRASH_WINDOW_S, growth_window_s=THRASH_GROWTH_WINDOW_S):
+        self.window_s = window_s
+        self.growth_window_s = growth_window_s
+        self.samples = []
+        self.counted_us = 0      # the sum of the samples' counted_us
+        self.left_s = None
+        self.stalling = False
+
+    def add(self, now_s, reading, horizon_s):
+        """Take one reading made at now_s (a monotonic clock)."""
+        demand = demand_kib(reading)
+        if not reading.exact or reading.stall_total_us is None or demand is None:
+            self.clear()
+            return
+        samples = self.samples
+        if samples and now_s - samples[-1][0] < THRASH_SAMPLE_S:
+            return
+        stall_us = reading.stall_total_us
+        self.left_s = None
+        past = None
+        for sample in reversed(samples):     # the latest sample a growth window old
+            if sample[0] <= now_s - self.growth_window_s:
+                past = sample
+                break
+        if past is not None and demand > past[2]:
+            self.left_s = room_kib(reading) * (now_s - past[0]) / float(demand - past[2])
+        counted = 0
+        self.stalling = False
+        if samples:
+            # max(): a counter that went back (a new cgroup) is no stall.
+            stalled = max(0, stall_us - samples[-1][1])
+            self.stalling = stalled > 0
+            if self.left_s is not None and self.left_s <= horizon_s:
+                counted = stalled
+        samples.append((now_s, stall_us, demand, counted))
+        self.counted_us += counted
+        while samples[0][0] <= now_s - self.window_s:
+            self.counted_us -= samples.pop(0)[3]
+
+    def clear(self):
+        del self.samples[:]
+        self.counted_us = 0
+        self.left_s = None
+        self.stalling = False
+
+    def stall_ms(self):
+        """Return the stall counted within the last window_s, in ms."""
+        return self.counted_us // 1000
+
+
+# The rules decide_rule() names: the "rule" of the kill line and the label
+# of bustd_kills_total.  'memory': available memory low, no swap to consider;
+# 'swap': available memory and free swap both low; 'pressure': PSI avg10;
+# 'thrash': stall while memory demand grows (see Trend).
+KILL_RULES = RULE_MEMORY, RULE_SWAP, RULE_PSI, RULE_THRASH = (
+    'memory', 'swap', 'pressure', 'thrash')
+
+
+def decide_rule(reading, th, trend=None):
+    """Return (signal, rule): (0, None), or SIGTERM/SIGKILL and the rule that calls for it.
 
     Memory rule: available memory AND free swap both at or below their
     levels (no swap counts as low).  PSI rule: "some" avg10 at or above
-    th.psi_avg10 while available memory is at or below th.psi_mem_max_kib.
+    th.psi_avg10 while available memory is at or below th.psi_mem_max_kib,
+    without swap (or with the thrashing rule off).  Thrashing rule: the
+    trend's counted stall (see Trend) reaches th.thrash_stall_ms.
     """
     avail = reading.mem_available_kib
     no_swap = reading.swap_total_kib == 0
+    memory_rule = RULE_MEMORY if no_swap else RULE_SWAP
     if avail <= th.mem_kill_kib and (no_swap or reading.swap_free_kib <= th.swap_kill_kib):
-        return signal.SIGKILL
+        return signal.SIGKILL, memory_rule
     if avail <= th.mem_term_kib and (no_swap or reading.swap_free_kib <= th.swap_term_kib):
-        return signal.SIGTERM
+        return signal.SIGTERM, memory_rule
     psi = reading.psi_some_avg10
-    if (th.psi_avg10 is not None and psi is not None and psi >= th.psi_avg10
-            and avail <= th.psi_mem_max_kib):
-        return signal.SIGTERM
-    return 0
+    # With swap, avg10 rises in the bursts swap is there to absorb (the lab's
+    # healthy 850 MB burst reached 25): the thrashing rule, which tells a burst
+    # from a leak, takes over.  Without swap nothing absorbs a burst.
+    psi_rule = th.psi_avg10 is not None and (no_swap or th.thrash_stall_ms is None)
+    if psi_rule and psi is not None and psi >= th.psi_avg10 and avail <= th.psi_mem_max_kib:
+        return signal.SIGTERM, RULE_PSI
+    if th.thrash_stall_ms is not None and trend is not None \
+            and trend.stall_ms() >= th.thrash_stall_ms:
+        return signal.SIGTERM, RULE_THRASH
+    return 0, None
 
 
-# The rules decision_rule() names: the "rule" label of bustd_kills_total.
-KILL_RULES = ('memory', 'swap', 'pressure')
+def decide(reading, th, trend=None):
+    """Return the signal the reading (and the trend) call for: 0, SIGTERM or SIGKILL."""
+    return decide_rule(reading, th, trend)[0]
 
 
-def decision_rule(reading, th):
-    """Return which rule calls for a signal now: 'memory', 'swap', 'pressure' or None.
-
-    'memory': available memory is low and there is no swap to consider;
-    'swap': available memory and free swap are both low; 'pressure': the
-    PSI rule alone.  The one place that names a decision (metrics, logs).
-    """
-    sig = decide(reading, th)
-    if not sig:
-        return None
-    avail = reading.mem_available_kib
-    if avail <= (th.mem_kill_kib if sig == signal.SIGKILL else th.mem_term_kib):
-        if reading.swap_total_kib == 0:
-            return 'memory'
-        swap_level = th.swap_kill_kib if sig == signal.SIGKILL else th.swap_term_kib
-        if reading.swap_free_kib <= swap_level:
-            return 'swap'
-    return 'pressure'
+def decision_rule(reading, th, trend=None):
+    """Return which rule calls for a signal now (one of KILL_RULES), or None."""
+    return decide_rule(reading, th, trend)[1]
 
 
-def describe_trigger(reading, th):
+def describe_trigger(reading, th, trend=None):
     """Return why decide() acted, as 'key=value' text for the kill log line."""
     total = reading.mem_total_kib
-    text = 'mem_available=%s(%.1f%%) term_at=%.1f%% kill_at=%.1f%%' % (
+    text = 'rule=%s mem_available=%s(%.1f%%) term_at=%.1f%% kill_at=%.1f%%' % (
+        decide_rule(reading, th, trend)[1] or 'none',
         format_kib(reading.mem_available_kib).replace(' ', ''),
         percent_of(reading.mem_available_kib, total),
         percent_of(th.mem_term_kib, total), percent_of(th.mem_kill_kib, total))
@@ -1345,6 +1580,13 @@ def describe_trigger(reading, th):
         text += ' swap=none'
     if reading.psi_some_avg10 is not None:
         text += ' psi_some_avg10=%.2f' % reading.psi_some_avg10
+    if trend is not None and trend.samples:
+        text += ' stall=%dms/%gs left=%s' % (
+            trend.stall_ms(), trend.window_s,
+            'never' if trend.left_s is None else '%.1fs' % trend.left_s)
+    if reading.zram_ram_kib:
+        text += ' zram=%s(%.1f:1)' % (format_kib(reading.zram_ram_kib).replace(' ', ''),
+                                      reading.zram_stored_kib / float(reading.zram_ram_kib))
     return text
 
 
@@ -3369,6 +3611,8 @@ class Daemon(object):
         self.kills = 0
         self.event_fd_hook = None   # called with new thresholds (cgroup v1 events)
         self.metrics = None         # --metrics-file: a Metrics
+        self.trend = Trend()
+        self.rule = None            # the rule behind the last decision (see KILL_RULES)
 
     # -- readings -------------------------------------------------------
     def start(self):
@@ -3397,7 +3641,19 @@ class Daemon(object):
     def check_now(self):
         """Return what an exact reading calls for now (0, SIGTERM, SIGKILL)."""
         self.sensor.read_exact(self.reading, self.th)
-        return decide(self.reading, self.th) if self.reading.exact else 0
+        return self.decide(self.clock())
+
+    def decide(self, now):
+        """Return what self.reading calls for, after adding it to the trend; set self.rule."""
+        r, th = self.reading, self.th
+        if th.thrash_stall_ms is not None:
+            self.trend.add(now, r, th.thrash_horizon_s)
+        sig, self.rule = decide_rule(r, th, self.trend) if r.exact else (0, None)
+        return sig
+
+    def trigger(self):
+        """Return the kill line's why: the rule, its figures and the reading."""
+        return describe_trigger(self.reading, self.th, self.trend)
 
     # -- one poll -----------------------------------------------------------
     def step(self):
@@ -3405,11 +3661,11 @@ class Daemon(object):
         r = self.sensor.read(self.reading, self.th)
         self.refresh_thresholds()
         th = self.th
-        sig = decide(r, th) if r.exact else 0
         now = self.clock()
+        sig = self.decide(now)
         if sig:
             if self.log.verbose:
-                self.log.debug('poll: %s -> %s' % (describe_trigger(r, th), SIGNAL_NAMES[sig]))
+                self.log.debug('poll: %s -> %s' % (self.trigger(), SIGNAL_NAMES[sig]))
             return self.act(sig, now)
         if th.warn_kib >= 0 and r.exact and r.mem_available_kib <= th.warn_kib \
                 and self.notifier is not None:
@@ -3422,11 +3678,15 @@ class Daemon(object):
         if self.metrics is not None and now >= self.metrics.next_write_s:
             self.write_metrics(now)
         delay = sleep_time_s(r, th)
+        if self.trend.stalling:
+            delay = min(delay, THRASH_POLL_S)   # measure the stall windows, do not guess them
         if self.log.verbose:
-            self.log.debug('poll: %s mem_available=%s%s psi_some=%s -> nothing; next in %.0f ms'
+            self.log.debug('poll: %s mem_available=%s%s psi_some=%s stall=%dms left=%s -> '
+                           'nothing; next in %.0f ms'
                            % ('exact' if r.exact else 'cheap', format_kib(r.mem_available_kib),
                               '' if r.exact else ' (lower bound)', r.psi_some_avg10,
-                              delay * 1000))
+                              self.trend.stall_ms(), 'never' if self.trend.left_s is None
+                              else '%.1fs' % self.trend.left_s, delay * 1000))
         return delay
 
     def report_line(self):
@@ -3486,7 +3746,7 @@ class Daemon(object):
         if self.cap_log.ready(now):
             self.log.warning('memory is low (%s) but %d processes were killed in the last '
                              '%.0f s: no more kills until the SIGKILL level or %.0f s from now'
-                             '%s' % (describe_trigger(self.reading, self.th),
+                             '%s' % (self.trigger(),
                                      len(self.kill_times), KILL_CAP_WINDOW_S,
                                      self.kill_times[0] + KILL_CAP_WINDOW_S - now,
                                      self.cap_log.suppressed_text()))
@@ -3507,7 +3767,7 @@ class Daemon(object):
         if victim is None and self.no_victim_log.ready(now):
             self.log.warning('memory is low (%s) but no process may be killed (%d protected, '
                              '%d passed over after failed kills); still watching%s' % (
-                                 describe_trigger(self.reading, self.th), len(skipped),
+                                 self.trigger(), len(skipped),
                                  len(self.passed_over), self.no_victim_log.suppressed_text()))
         return victim, skipped
 
@@ -3516,7 +3776,7 @@ class Daemon(object):
         wanted = self.check_now()
         if not wanted:
             self.log.info('memory recovered during the victim scan (%s): not killing '
-                          'pid %d %s' % (describe_trigger(self.reading, self.th), victim.pid,
+                          'pid %d %s' % (self.trigger(), victim.pid,
                                          printable(victim.name)))
         return wanted
 
@@ -3524,7 +3784,7 @@ class Daemon(object):
         """--dry-run: log the kill that would have been; return the sleep."""
         self.next_dry_run_log = now + DRY_RUN_LOG_EVERY_S
         self.log.warning('dry run, no signal sent: ' + kill_line(
-            sig, victim, describe_trigger(self.reading, self.th), target.pgrp, target.cgroup))
+            sig, victim, self.trigger(), target.pgrp, target.cgroup))
         self.log.info('dry run: chose pid %d because: %s' % (
             victim.pid, describe_victim(victim, skipped, self.settings.sort_by_rss)))
         return sleep_time_s(self.reading, self.th)
@@ -3551,7 +3811,7 @@ class Daemon(object):
         sig = self.check_now()      # the hook took time: memory may have recovered
         if not sig:
             self.log.info('memory recovered while the -P hook ran (%s): not killing pid %d'
-                          % (describe_trigger(self.reading, self.th), victim.pid))
+                          % (self.trigger(), victim.pid))
         else:
             fields.update(victim_fields(victim, sig, self.reading, self.user_name))
         return sig
@@ -3559,8 +3819,8 @@ class Daemon(object):
     def kill(self, target, sig, skipped, now):
         """Signal the target, log the kill line, wait for the exit; return the KillResult."""
         victim = target.victim
-        trigger = describe_trigger(self.reading, self.th)
-        rule = decision_rule(self.reading, self.th)
+        trigger = self.trigger()
+        rule = self.rule
         signalled_at = [now]
 
         def announce():
@@ -3582,6 +3842,7 @@ class Daemon(object):
             return self.pass_over(victim, UNOPENABLE_RETRY_S, result.note, now)
         self.kills += 1
         self.kill_times.append(now)
+        self.trend.clear()    # the stall so far was this victim's: the next one starts afresh
         if not result.exited:
             if result.signal == signal.SIGKILL:
                 self.passed_over[(victim.pid, victim.starttime)] = now + UNKILLABLE_RETRY_S
@@ -3762,6 +4023,8 @@ class Settings(object):
         self.swap_size_kib = None
         self.psi_avg10 = DEFAULT_PSI_AVG10
         self.psi_mem_max_percent = DEFAULT_PSI_MEM_MAX_PERCENT
+        self.thrash_stall_ms = DEFAULT_THRASH_STALL_MS
+        self.thrash_horizon_s = DEFAULT_THRASH_HORIZON_S
         self.cgroup = None
         self.unkillables = ()
         self.ignore_re = None
@@ -3840,10 +4103,13 @@ DESCRIPTION
   When both available memory and free swap fall to their SIGTERM levels
   it sends SIGTERM to one victim (highest oom_score, ties: larger RSS),
   escalating to SIGKILL when memory reaches the SIGKILL levels or the
-  victim ignores SIGTERM for 5 s.  It also sends SIGTERM when PSI "some"
-  avg10 reaches --psi while available memory is below --psi-mem-max: the
-  thrashing a big swap hides.  It waits for each victim to exit (at most
-  10 s) before choosing another, and never kills PID 1, kernel threads,
+  victim ignores SIGTERM for 5 s.  It also sends SIGTERM on thrashing:
+  when tasks stalled on memory (PSI "full") for --thrash ms within 30 s
+  while memory demand kept growing toward running out (a burst that
+  swap absorbs stops growing, and is spared); without swap, when PSI
+  "some" avg10 reaches --psi while available memory is below
+  --psi-mem-max.  It waits for each victim to exit (at most 10 s)
+  before choosing another, and never kills PID 1, kernel threads,
   itself, exiting processes, oom_score_adj -1000 or protected processes.'''
 
 EPILOG = '''\
@@ -3860,7 +4126,8 @@ POLLING
   near a threshold.  The next poll comes after the time the headroom lasts
   at 8 GiB/s (swap: 800 MiB/s), between 10 ms and 3 s.  A PSI trigger
   (some 150 ms per 1 s) and, for cgroup v1, a usage threshold event wake it
-  early.
+  early.  While tasks stall on memory it polls at least every 100 ms, so
+  the thrashing rule measures its windows.
 
 PROTECTED BY DEFAULT (--no-default-unkillables turns this off)
   {protected}
@@ -3932,6 +4199,32 @@ def _psi_value(text):
     if text.strip().lower() in ('off', 'no', 'none'):
         return None
     value = parse_percent(text)
+    return value
+
+
+def _thrash_ms(text):
+    if text.strip().lower() in ('off', 'no', 'none'):
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError('%r is not a whole number of milliseconds; give e.g. --thrash 8000, '
+                         'or off' % text)
+    if not 0 < value <= THRASH_WINDOW_S * 1000:
+        raise ValueError('%s ms is not between 1 and %d (the stall is counted over %g s); '
+                         'give e.g. --thrash 8000' % (text, THRASH_WINDOW_S * 1000,
+                                                      THRASH_WINDOW_S))
+    return value
+
+
+def _horizon_s(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError('%r is not a number of seconds; give e.g. --thrash-horizon 60' % text)
+    if not 0 < value <= 86400:
+        raise ValueError('%s is not between 0 and 86400 seconds; give e.g. '
+                         '--thrash-horizon 60' % text)
     return value
 
 
@@ -4073,6 +4366,14 @@ def build_parser():
            help='SIGTERM when memory PSI "some" avg10 reaches this')
     option(g, '--psi-mem-max', dest='psi_mem_max_percent', metavar='PERCENT', type=percent,
            help='...while available memory is below this %%')
+    option(g, '--thrash', dest='thrash_stall_ms', metavar='MS|off',
+           type=_arg_type(_thrash_ms, 'MS', '--thrash 8000'),
+           help='SIGTERM after MS of memory stall (PSI "full") within %g s while '
+                'memory demand grows toward exhausting RAM and swap' % THRASH_WINDOW_S)
+    option(g, '--thrash-horizon', dest='thrash_horizon_s', metavar='SECONDS',
+           type=_arg_type(_horizon_s, 'SECONDS', '--thrash-horizon 60'),
+           help='...counting stall only while RAM and swap would run out within '
+                'SECONDS at the current growth')
     option(g, '--cgroup', metavar='PATH|auto',
            type=_arg_type(_path, 'PATH', '--cgroup system.slice/build.service'),
            help="watch one cgroup (v1 or v2) and kill only inside it; auto = bustd's own "
@@ -4149,7 +4450,7 @@ def build_parser():
            help='read processes and memory from DIR (e.g. a host /proc mounted in '
                 'a container)')
     option(g, '--sys', dest='sys_fs', metavar='DIR', type=_arg_type(_path, 'DIR', '/sys'),
-           help='sysfs root for cgroup discovery')
+           help='sysfs root for cgroup discovery and zram figures')
 
     g = parser.add_argument_group('installing (curl-and-run)')
     option(g, '--install', action='store_const', const='install',
@@ -4816,7 +5117,7 @@ def install_main(settings, out=None, euid=None):
 
 def build_sensor(settings, calls, log):
     """Return the sensor for the settings (machine or cgroup); UsageError for a bad --cgroup."""
-    machine = MachineSensor(settings.proc, calls, log)
+    machine = MachineSensor(settings.proc, calls, log, settings.sys_fs)
     if settings.cgroup is None:
         return machine
     try:
@@ -4879,6 +5180,15 @@ def startup_lines(settings, sensor, th, calls, features):
                                               format_kib(th.psi_mem_max_kib)))
     else:
         lines.append('PSI rule: off (%s)' % ('--psi off' if sensor.has_psi else 'no PSI here'))
+    if th.thrash_stall_ms is not None:
+        lines.append('thrashing rule: SIGTERM after %d ms of memory stall (PSI full) within '
+                     '%g s, counted while memory demand would exhaust RAM and swap within '
+                     '%g s; zram swaps: %s' % (
+                         th.thrash_stall_ms, THRASH_WINDOW_S, th.thrash_horizon_s,
+                         ' '.join(os.path.dirname(p) for p in sensor.zram_paths) or 'none'))
+    else:
+        lines.append('thrashing rule: off (%s)' % ('--thrash off' if sensor.has_psi
+                                                   else 'no PSI here'))
     lines.append('polling: adaptive %d..%d ms (worst-case fill %s/s); wake-ups: %s' % (
         POLL_FLOOR_S * 1000, POLL_CEILING_S * 1000, format_kib(MEM_FILL_RATE_KIB_S),
         features.get('wakeups', 'signals only')))
@@ -5015,6 +5325,7 @@ def run(settings, environ=None, flags=None):
     warnings = sensor.check()
     if not sensor.has_psi:
         settings.psi_avg10 = None   # the rule is off: it must not widen the exact-read band
+        settings.thrash_stall_ms = None
     first = sensor.read_exact(Reading())
     if not first.exact or first.mem_total_kib <= 0:
         raise EnvironmentProblem('no usable memory reading from %s' % sensor.describe())
@@ -5112,8 +5423,7 @@ def serve(settings, sensor, policy, calls, caps, log, warnings, environ, report_
     waiter.add(install_signal_handlers(daemon.flags), waiter.select.POLLIN, 'signal')
     daemon.start()
     wakeups = []
-    psi_fd, psi_how = open_psi_trigger(sensor.psi_path if getattr(sensor, 'has_psi', False)
-                                       else None)
+    psi_fd, psi_how = open_psi_trigger(sensor.psi_path if sensor.has_psi else None)
     if psi_fd is not None:
         waiter.add(psi_fd, waiter.select.POLLPRI, 'psi', drain=False)
         wakeups.append('PSI trigger "%s"' % psi_how)
@@ -5143,7 +5453,7 @@ def serve(settings, sensor, policy, calls, caps, log, warnings, environ, report_
     daemon.flags.interruptible = False
     if victim is not None:
         describe_victim(victim, skipped, settings.sort_by_rss)
-        kill_line(signal.SIGTERM, victim, describe_trigger(daemon.reading, daemon.th))
+        kill_line(signal.SIGTERM, victim, daemon.trigger())
     del victim, skipped
     release_startup_memory(calls)
     features['mlock'] = lock_memory(calls, caps, log)

@@ -89,22 +89,25 @@ class FakeProc(object):
         os.rename(tmp, path)
 
     def meminfo(self, total_kib, avail_kib, swap_total_kib=0, swap_free_kib=0,
-                with_available=True, free_kib=None, cached_kib=0, buffers_kib=0, shmem_kib=0):
+                with_available=True, free_kib=None, cached_kib=0, buffers_kib=0, shmem_kib=0,
+                anon_kib=None):
         free = avail_kib if free_kib is None else free_kib
         lines = ['MemTotal:       %d kB' % total_kib, 'MemFree:        %d kB' % free]
         if with_available:
             lines.append('MemAvailable:   %d kB' % avail_kib)
+        if anon_kib is not None:
+            lines.append('AnonPages:      %d kB' % anon_kib)
         lines += ['Buffers:        %d kB' % buffers_kib, 'Cached:         %d kB' % cached_kib,
                   'SwapCached:            0 kB', 'Shmem:          %d kB' % shmem_kib,
                   'SwapTotal:      %d kB' % swap_total_kib,
                   'SwapFree:       %d kB' % swap_free_kib, 'HugePages_Total:       0']
         self.write('meminfo', ('\n'.join(lines) + '\n').encode())
 
-    def psi(self, some_avg10, full_avg10=0.0):
+    def psi(self, some_avg10, full_avg10=0.0, full_total_us=1):
         self.write('pressure/memory', (
-            'some avg10=%.2f avg60=0.00 avg300=0.00 total=1\n'
-            'full avg10=%.2f avg60=0.00 avg300=0.00 total=1\n' % (some_avg10, full_avg10)
-        ).encode())
+            'some avg10=%.2f avg60=0.00 avg300=0.00 total=%d\n'
+            'full avg10=%.2f avg60=0.00 avg300=0.00 total=%d\n'
+            % (some_avg10, full_total_us, full_avg10, full_total_us)).encode())
 
     def add(self, pid, name='worker', oom_score=100, adj=0, uid=None, cmdline=None, **stat):
         d = os.path.join(self.root, str(pid))
@@ -437,6 +440,16 @@ class ThresholdsTest(unittest.TestCase):
         th = self.th(mem_percent=(10, 5), mem_size_kib=(900 * MIB, 800 * MIB))
         self.assertEqual((th.mem_term_kib, th.mem_kill_kib), (100 * MIB, 50 * MIB))
 
+    def test_built_whole(self):
+        with self.assertRaises(TypeError):
+            bustd.Thresholds()
+        th = bustd.Thresholds(1000 * MIB, 0, (100 * MIB, 50 * MIB), (0, 0))
+        self.assertEqual((th.trigger_kib, th.psi_mem_max_kib, th.thrash_stall_ms),
+                         (100 * MIB, -1, None))
+        th = self.th()
+        self.assertEqual((th.thrash_stall_ms, th.thrash_horizon_s),
+                         (bustd.DEFAULT_THRASH_STALL_MS, bustd.DEFAULT_THRASH_HORIZON_S))
+
     def test_psi_off_and_warn_raise_trigger(self):
         th = self.th(psi_avg10=None)
         self.assertEqual(th.trigger_kib, th.mem_term_kib)
@@ -448,6 +461,8 @@ class DecideTest(unittest.TestCase):
     def test_signal_for_each_reading(self):
         th = bustd.compute_thresholds(bustd.Settings(), 1000 * MIB, 0)
         th_swap = bustd.compute_thresholds(bustd.Settings(), 1000 * MIB, 1000 * MIB)
+        th_swap_psi_only = bustd.compute_thresholds(bustd.Settings(thrash_stall_ms=None),
+                                                    1000 * MIB, 1000 * MIB)
         T, K = signal.SIGTERM, signal.SIGKILL
         cases = [
             # name, thresholds, reading, expected
@@ -468,7 +483,10 @@ class DecideTest(unittest.TestCase):
             ('psi high, mem above psi max', th, reading(1000 * MIB, 200 * MIB, psi=90.0), 0),
             ('psi low', th, reading(1000 * MIB, 140 * MIB, psi=24.9), 0),
             ('psi unknown', th, reading(1000 * MIB, 140 * MIB, psi=None), 0),
-            ('psi with swap free', th_swap, reading(1000 * MIB, 140 * MIB, 1000 * MIB, 900 * MIB, psi=50.0), T),
+            # With swap the thrashing rule (off here: no trend) tells bursts from leaks.
+            ('psi with swap free', th_swap, reading(1000 * MIB, 140 * MIB, 1000 * MIB, 900 * MIB, psi=50.0), 0),
+            ('psi with swap, thrashing rule off', th_swap_psi_only,
+             reading(1000 * MIB, 140 * MIB, 1000 * MIB, 900 * MIB, psi=50.0), T),
         ]
         for name, thresholds, r, expected in cases:
             with self.subTest(name):
@@ -484,6 +502,200 @@ class DecideTest(unittest.TestCase):
         self.assertIn('mem_available=40.0MiB(4.0%)', text)
         self.assertIn('swap=none', text)
         self.assertIn('psi_some_avg10=3.00', text)
+
+
+def swap_reading(avail, anon, swap_used, stall_us, total=1000 * MIB, swap_total=1000 * MIB,
+                 zram=(0, 0)):
+    """Return an exact reading of a machine with swap: figures in KiB, stall total in us."""
+    r = reading(total, avail, swap_total, swap_total - swap_used)
+    r.anon_kib = anon
+    r.stall_total_us = stall_us
+    r.zram_stored_kib, r.zram_ram_kib = zram
+    return r
+
+
+def replay(th, timeline, step_s=0.1):
+    """Feed readings made every step_s through one Trend; return [(time_s, signal, rule)].
+
+    timeline(t) returns the reading at t (s), or None at the end.
+    """
+    trend, decisions, t = bustd.Trend(), [], 0.0
+    while True:
+        r = timeline(t)
+        if r is None:
+            return decisions
+        trend.add(t, r, th.thrash_horizon_s)
+        sig, rule = bustd.decide_rule(r, th, trend)
+        decisions.append((round(t, 3), sig, rule))
+        t += step_s
+
+
+def lab_like(stop_growing_at_s=None, stall_fraction=0.6, growth_kib_s=60 * MIB, end_s=20.0,
+             zram=False):
+    """A timeline shaped like the lab's swap scenarios (1000 MiB RAM, 1000 MiB swap).
+
+    RAM is full; the hog's memory goes to swap at growth_kib_s while every
+    task stalls stall_fraction of the time.  A burst stops growing at
+    stop_growing_at_s and keeps stalling as long again (refaults settling).
+    """
+    def at(t):
+        if t > end_s:
+            return None
+        growing_for = t if stop_growing_at_s is None else min(t, stop_growing_at_s)
+        swap_used = int(growing_for * growth_kib_s)
+        stall_us = int(t * stall_fraction * 1e6)
+        if stop_growing_at_s is not None and t > 2 * stop_growing_at_s:
+            stall_us = int(2 * stop_growing_at_s * stall_fraction * 1e6)   # settled
+        ram = (swap_used * 2 // 5) if zram else 0       # compressed 2.5:1
+        return swap_reading(120 * MIB - ram // 4, 800 * MIB, min(swap_used, 1000 * MIB),
+                            stall_us, zram=(swap_used, ram) if zram else (0, 0))
+    return at
+
+
+class ThrashRuleTest(unittest.TestCase):
+    """The thrashing rule as a function of readings over time (PSI totals, swap, zram)."""
+
+    def th(self, **kw):
+        return bustd.compute_thresholds(bustd.Settings(**kw), 1000 * MIB, 1000 * MIB)
+
+    def stalling_s(self, th, stall_fraction=0.6):
+        """Return how long lab_like must grow and stall to reach the budget."""
+        return th.thrash_stall_ms / 1000.0 / stall_fraction
+
+    def first_kill(self, decisions):
+        return next(((t, sig, rule) for t, sig, rule in decisions if sig), None)
+
+    def test_a_leak_that_keeps_growing_is_killed_once_the_stall_adds_up(self):
+        th = self.th()
+        for zram in (False, True):
+            with self.subTest(zram=zram):
+                t, sig, rule = self.first_kill(replay(th, lab_like(zram=zram)))
+                self.assertEqual((sig, rule), (signal.SIGTERM, 'thrash'))
+                # The first growth window only measures the rate; then the
+                # budget takes budget / 60 % of stalling.
+                self.assertGreaterEqual(t, self.stalling_s(th))
+                self.assertLessEqual(t, 0.6 + bustd.THRASH_GROWTH_WINDOW_S + self.stalling_s(th))
+
+    def test_a_burst_that_ends_is_not_killed(self):
+        th = self.th()
+        # Grows and stalls until 85 % of the budget is counted (after the
+        # first growth window), then stops growing and stalls as long again
+        # while the swap settles: nothing, then or later, although the growth
+        # window still sees growth for a moment after the end.
+        burst_s = bustd.THRASH_GROWTH_WINDOW_S + 0.85 * self.stalling_s(th)
+        decisions = replay(th, lab_like(stop_growing_at_s=burst_s, end_s=60.0))
+        self.assertIsNone(self.first_kill(decisions))
+        # The same burst a little longer is a leak as far as anyone can tell.
+        t, sig, rule = self.first_kill(replay(th, lab_like(stop_growing_at_s=burst_s + 1.5)))
+        self.assertEqual(rule, 'thrash')
+
+    def test_stall_without_growth_is_not_counted(self):
+        th = self.th()
+
+        def refaulting(t):   # a working set bigger than RAM, but nothing grows
+            return None if t > 30 else swap_reading(50 * MIB, 800 * MIB, 300 * MIB,
+                                                    int(t * 0.9e6))
+        self.assertIsNone(self.first_kill(replay(th, refaulting)))
+
+    def test_growth_without_stall_is_not_counted(self):
+        th = self.th()
+        self.assertIsNone(self.first_kill(replay(th, lab_like(stall_fraction=0.0))))
+
+    def test_growth_that_would_take_longer_than_the_horizon_is_not_counted(self):
+        # 1000 MiB of swap and 120 MiB of RAM left at 10 MiB/s: about 100 s.
+        th = self.th()
+        slow = lab_like(growth_kib_s=10 * MIB, end_s=30.0)
+        self.assertIsNone(self.first_kill(replay(th, slow)))
+        self.assertEqual(self.first_kill(replay(self.th(thrash_horizon_s=200.0), slow))[2],
+                         'thrash')
+
+    def test_zram_room_is_the_ram_it_can_still_take(self):
+        # 1 GiB zram holding 400 MiB in 160 MiB of RAM (2.5:1); 100 MiB of RAM
+        # left: 250 MiB more fits, whatever the device's free slots say.
+        r = swap_reading(100 * MIB, 500 * MIB, 400 * MIB, 0, swap_total=1024 * MIB,
+                         zram=(400 * MIB, 160 * MIB))
+        self.assertEqual(bustd.room_kib(r), 250 * MIB)
+        disk = swap_reading(100 * MIB, 500 * MIB, 400 * MIB, 0, swap_total=1024 * MIB)
+        self.assertEqual(bustd.room_kib(disk), 724 * MIB)
+        self.assertEqual(bustd.demand_kib(disk), 900 * MIB)
+
+    def fed(self, th, timeline, until_s):
+        """Return a Trend fed timeline's readings every 0.1 s before until_s."""
+        trend = bustd.Trend()
+        for i in range(int(until_s * 10)):
+            trend.add(i / 10.0, timeline(i / 10.0), th.thrash_horizon_s)
+        return trend
+
+    def test_old_stall_leaves_the_window(self):
+        th = self.th()
+        leak = lab_like()
+        trend = self.fed(th, leak, 2.5)
+        self.assertGreater(trend.stall_ms(), 500)
+        quiet = leak(2.4)
+        steps = int(bustd.THRASH_WINDOW_S * 10) + 20   # a window and 2 s, still
+        for i in range(1, steps):
+            trend.add(2.4 + i / 10.0, quiet, th.thrash_horizon_s)
+        self.assertEqual(trend.stall_ms(), 0)
+        self.assertIsNone(trend.left_s)
+        self.assertLess(len(trend.samples), steps - 10)   # bounded history
+
+    def test_a_reading_without_figures_starts_afresh(self):
+        th = self.th()
+        leak = lab_like()
+        for broken in ('stall_total_us', 'anon_kib', 'exact'):
+            with self.subTest(broken):
+                trend = self.fed(th, leak, 3.0)
+                self.assertGreater(trend.stall_ms(), 0)
+                r = leak(3.0)
+                setattr(r, broken, False if broken == 'exact' else None)
+                trend.add(3.0, r, th.thrash_horizon_s)
+                self.assertEqual((trend.stall_ms(), trend.samples), (0, []))
+
+    def test_a_counter_that_goes_back_is_no_stall(self):
+        th = self.th()
+        leak = lab_like()
+        trend = self.fed(th, leak, 2.0)
+        before = trend.stall_ms()
+        r = leak(2.0)
+        r.stall_total_us = 5
+        trend.add(2.0, r, th.thrash_horizon_s)
+        self.assertEqual(trend.stall_ms(), before)
+
+    def test_off(self):
+        th = self.th(thrash_stall_ms=None)
+        self.assertIsNone(self.first_kill(replay(th, lab_like())))
+
+    def test_flags(self):
+        self.assertIsNone(bustd.parse_settings(['--thrash', 'off']).thrash_stall_ms)
+        s = bustd.parse_settings(['--thrash', '2000', '--thrash-horizon', '20'])
+        self.assertEqual((s.thrash_stall_ms, s.thrash_horizon_s), (2000, 20.0))
+        s = bustd.parse_settings([])
+        self.assertEqual((s.thrash_stall_ms, s.thrash_horizon_s),
+                         (bustd.DEFAULT_THRASH_STALL_MS, bustd.DEFAULT_THRASH_HORIZON_S))
+
+    def test_the_memory_and_psi_rules_come_first(self):
+        th = self.th()
+        low = swap_reading(50 * MIB, 900 * MIB, 950 * MIB, 0)
+        self.assertEqual(bustd.decide_rule(low, th, bustd.Trend()), (signal.SIGKILL, 'swap'))
+        self.assertEqual(bustd.decide_rule(reading(1000 * MIB, 140 * MIB, psi=30.0), th),
+                         (signal.SIGTERM, 'pressure'))
+        self.assertEqual(bustd.decide_rule(reading(1000 * MIB, 500 * MIB), th), (0, None))
+
+    def test_kill_line_names_the_rule_and_its_figures(self):
+        th = self.th()
+        trend = bustd.Trend()
+        leak = lab_like(zram=True)
+        t = 0.0
+        while True:
+            trend.add(t, leak(t), th.thrash_horizon_s)
+            if bustd.decide(leak(t), th, trend):
+                break
+            t += 0.1
+        text = bustd.describe_trigger(leak(t), th, trend)
+        self.assertRegex(text, r'^rule=thrash ')
+        self.assertRegex(text, r' stall=8[01]\d\dms/30s ')
+        self.assertRegex(text, r' left=\d+\.\ds ')
+        self.assertRegex(text, r' zram=\d+\.\dMiB\(2\.5:1\)$')
 
 
 class SleepTimeTest(unittest.TestCase):
@@ -600,6 +812,54 @@ class MachineSensorTest(TempDirTest):
         self.assertTrue(r.exact)
         self.assertEqual(r.mem_available_kib, 300 * MIB)
 
+    def test_stall_total_anon_and_zram_figures(self):
+        sys_fs = os.path.join(self.tmp, 'sys')
+        os.makedirs(os.path.join(sys_fs, 'block', 'zram0'))
+        os.makedirs(os.path.join(sys_fs, 'block', 'zram1'))
+        with open(os.path.join(sys_fs, 'block', 'zram0', 'mm_stat'), 'w') as f:
+            # orig compr mem_used limit max same compacted huge: 400 MiB in 160 MiB
+            f.write('%d %d %d 0 %d 0 0 0\n' % (400 << 20, 150 << 20, 160 << 20, 170 << 20))
+        with open(os.path.join(sys_fs, 'block', 'zram1', 'mm_stat'), 'w') as f:
+            f.write('%d 0 %d 0 0 0 0 0\n' % (64 << 20, 8 << 20))   # a zram /tmp, not swap
+        self.proc.write('swaps', b'Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n'
+                                 b'/dev/zram0                              partition\t'
+                                 b'1048572\t\t409600\t\t100\n'
+                                 b'/swapfile                               file\t\t'
+                                 b'1048572\t\t0\t\t-2\n')
+        self.proc.meminfo(8 * GIB, GIB, swap_total_kib=2 * GIB, swap_free_kib=GIB,
+                          shmem_kib=10 * MIB, anon_kib=3 * GIB)
+        self.proc.psi(5.0, 2.0, full_total_us=123456789)
+        sensor = bustd.MachineSensor(self.proc.root, sys_fs=sys_fs)
+        sensor.check()
+        r = sensor.read_exact(bustd.Reading())
+        self.assertEqual(r.stall_total_us, 123456789)
+        self.assertEqual(r.anon_kib, 3 * GIB + 10 * MIB)
+        self.assertEqual((r.zram_stored_kib, r.zram_ram_kib), (400 * MIB, 160 * MIB))
+        self.assertEqual(bustd.demand_kib(r), 4 * GIB + 10 * MIB)
+
+    def test_stall_total_is_read_for_the_thrashing_rule_only_when_it_is_on(self):
+        self.proc.psi(0.0, full_total_us=42)
+        sensor = bustd.MachineSensor(self.proc.root)
+        sensor.check()
+        on = bustd.compute_thresholds(bustd.Settings(), 8 * GIB, 0)
+        off = bustd.compute_thresholds(bustd.Settings(thrash_stall_ms=None), 8 * GIB, 0)
+        self.proc.meminfo(8 * GIB, 6 * GIB)      # far above the PSI rule's band
+        self.assertEqual(sensor.read_exact(bustd.Reading(), on).stall_total_us, 42)
+        self.assertIsNone(sensor.read_exact(bustd.Reading(), off).stall_total_us)
+        self.assertIsNone(sensor.read_exact(bustd.Reading(), on).psi_some_avg10)
+
+    def test_both_sensors_share_one_interface(self):
+        machine = bustd.MachineSensor(self.proc.root)
+        cgroup = bustd.CgroupSensor(self.tmp, 2, machine, make_log()[0])
+        import inspect
+        for sensor in (machine, cgroup):
+            self.assertIsInstance(sensor, bustd.Sensor)
+            self.assertEqual(list(inspect.signature(sensor.read_exact).parameters),
+                             ['reading', 'th'])
+            self.assertFalse(sensor.has_psi)    # until check() finds the file
+        with open(bustd.__file__) as f:
+            self.assertNotIn("getattr(sensor, 'has_psi'", f.read())
+
     def test_real_sysinfo_matches_meminfo(self):
         calls = bustd.load_kernel_calls()
         if calls.sysinfo is None:
@@ -616,6 +876,39 @@ class MachineSensorTest(TempDirTest):
 # ----------------------------------------------------------------------------
 # Victim selection
 # ----------------------------------------------------------------------------
+
+class ParsePressureFiguresTest(unittest.TestCase):
+    def test_psi_totals(self):
+        cases = [
+            (b'some avg10=1.00 avg60=0 avg300=0 total=5\nfull avg10=0.5 avg60=0 avg300=0 '
+             b'total=77\n', 77),
+            (b'some avg10=1.00 avg60=0 avg300=0 total=5\n', None),          # no full line
+            (b'full avg10=0.5 avg60=0 avg300=0\n', None),                   # no total
+            (b'full avg10=0.5 total=-3\n', None),
+            (b'full avg10=0.5 total=1e9\n', None),
+            (b'full avg10=0.5 total=inf\n', None),
+            (b'full avg10=0.5 total=' + b'9' * 40 + b'\n', None),
+            (b'\xff\xfe nonsense', None),
+            (b'', None),
+        ]
+        for data, expected in cases:
+            with self.subTest(data=data):
+                self.assertEqual(bustd.parse_psi_total_us(data), expected)
+        self.assertEqual(bustd.parse_psi_total_us(cases[0][0], b'some'), 5)
+
+    def test_zram_mm_stat(self):
+        cases = [
+            (b'409600 163840 167936 0 172032 12 0 0 0\n', (400, 164)),
+            (b'   1024    0    2048\n', (1, 2)),
+            (b'1024 0\n', None),
+            (b'a b c d\n', None),
+            (b'-1 0 -5 0\n', None),
+            (b'', None),
+        ]
+        for data, expected in cases:
+            with self.subTest(data=data):
+                self.assertEqual(bustd.parse_zram_mm_stat(data), expected)
+
 
 class SelectionTest(TempDirTest):
     def scan(self, **kw):
@@ -885,6 +1178,44 @@ class RealKillTest(TempDirTest):
         self.assertIn('mem_available=700.0MiB(8.5%)', text)
         self.assertIn('exited: pid=%d' % child.pid, text)
         self.assertIn('chose pid %d because' % child.pid, text)
+
+    def test_thrashing_rule_kills_and_says_why(self):
+        child = self.victim()
+        now = [100.0]
+        d, sink = self.daemon()
+        d.clock = lambda: now[0]
+        delays = []
+        for i in range(200):     # swap fills at 60 MiB/s while tasks stall 60 % of the time
+            t = i / 10.0
+            self.proc.meminfo(1000 * MIB, 120 * MIB, swap_total_kib=1000 * MIB,
+                              swap_free_kib=1000 * MIB - int(t * 60 * MIB), anon_kib=800 * MIB)
+            self.proc.psi(0.0, full_total_us=int(t * 0.6e6))
+            delays.append(d.step())
+            if child.poll() is not None:
+                break
+            now[0] += 0.1
+        self.assertEqual(reap(child), -signal.SIGTERM)
+        self.assertTrue(all(delay <= bustd.THRASH_POLL_S for delay in delays[1:]), delays)
+        line = next(m for _, m in sink.lines if m.startswith('kill: SIGTERM'))
+        self.assertRegex(line, r' rule=thrash mem_available=120\.0MiB\(12\.0%\) .* '
+                               r'stall=8[01]\d\dms/30s left=\d+\.\ds$')
+        # 0.5 s to measure growth, then the budget at 60 % of stall
+        self.assertGreaterEqual(i, int(bustd.DEFAULT_THRASH_STALL_MS / 60.0))
+        self.assertEqual(d.trend.stall_ms(), 0)   # the next victim starts afresh
+
+    def test_no_psi_turns_the_thrashing_rule_off_and_says_so(self):
+        os.unlink(os.path.join(self.proc.root, 'pressure/memory'))
+        s = settings(self.proc)
+        sensor = bustd.MachineSensor(s.proc)
+        sensor.check()
+        th = bustd.compute_thresholds(s, 8 * GIB, 0)
+        on = bustd.startup_lines(s, sensor, th, bustd.KernelCalls(), {})
+        self.assertIn('thrashing rule: SIGTERM after 8000 ms of memory stall (PSI full) '
+                      'within 30 s', '\n'.join(on))
+        s.thrash_stall_ms = None
+        off = bustd.startup_lines(s, sensor, bustd.compute_thresholds(s, 8 * GIB, 0),
+                                  bustd.KernelCalls(), {})
+        self.assertIn('thrashing rule: off (no PSI here)', off)
 
     def test_sigkill_at_the_kill_level(self):
         child = self.victim('ignore-term')
@@ -1307,6 +1638,39 @@ class FakeCgroupTest(TempDirTest):
         sensor.next_refresh = 0          # as if LIMIT_REFRESH_S had passed
         r = sensor.read(bustd.Reading(), th)
         self.assertEqual((r.mem_total_kib, r.mem_available_kib), (200 * MIB, 10 * MIB))
+
+    def test_v2_pressure_total_and_anon_for_the_thrashing_rule(self):
+        path, sensor = self.make(2, {
+            'memory.current': '%d\n' % (200 << 20), 'memory.max': '%d\n' % (256 << 20),
+            'memory.stat': 'anon %d\nshmem %d\nswapcached %d\nactive_file 0\n'
+                           % (150 << 20, 4 << 20, 2 << 20),
+            'memory.swap.current': '%d\n' % (64 << 20), 'memory.swap.max': 'max\n',
+            'memory.pressure': 'some avg10=1.00 avg60=0 avg300=0 total=900\n'
+                               'full avg10=1.00 avg60=0 avg300=0 total=700\n'})
+        self.proc.meminfo(8 * GIB, 6 * GIB, swap_total_kib=GIB, swap_free_kib=GIB)
+        sensor.check()
+        th = bustd.compute_thresholds(bustd.Settings(), 256 * MIB, 0)
+        r = sensor.read_exact(bustd.Reading(), th)
+        self.assertEqual(r.stall_total_us, 700)
+        self.assertEqual(r.anon_kib, 152 * MIB)
+        self.assertEqual(bustd.demand_kib(r), (152 + 64) * MIB)
+
+    def test_v1_swap_limits_of_ancestors_count(self):
+        """Parent: memory 200 MiB, memory+swap 264 MiB: this cgroup may swap 64 MiB at most."""
+        path, sensor = self.make(1, {
+            'memory.usage_in_bytes': '%d\n' % (32 << 20),
+            'memory.limit_in_bytes': '9223372036854771712\n',
+            'memory.memsw.limit_in_bytes': '9223372036854771712\n',
+            'memory.memsw.usage_in_bytes': '%d\n' % (40 << 20),
+            'memory.stat': ''})
+        self.write_files(os.path.dirname(path), {
+            'memory.limit_in_bytes': '%d\n' % (200 << 20),
+            'memory.memsw.limit_in_bytes': '%d\n' % (264 << 20),
+            'memory.usage_in_bytes': '%d\n' % (32 << 20), 'memory.stat': ''})
+        self.proc.meminfo(8 * GIB, 6 * GIB, swap_total_kib=GIB, swap_free_kib=GIB)
+        sensor.check()
+        r = sensor.read_exact(bustd.Reading())
+        self.assertEqual((r.swap_total_kib, r.swap_free_kib), (64 * MIB, 56 * MIB))
 
     def write_files(self, directory, files):
         for name, text in files.items():
@@ -1979,6 +2343,14 @@ CLI_CASES = [
      '--proc', 'FAKE'),
     (1, 'cannot open the log file FIFO (not a regular file)', '--log-file', 'FIFO',
      '--proc', 'FAKE'),
+    (2, '--thrash', '--thrash', 'lots'),
+    (2, '--thrash', '--thrash', '0'),
+    (2, '--thrash', '--thrash', '30001'),
+    (2, '--thrash', '--thrash', '1.5'),
+    (2, '--thrash-horizon', '--thrash-horizon', '0'),
+    (2, '--thrash-horizon', '--thrash-horizon', 'nan'),
+    (2, '--thrash-horizon', '--thrash-horizon', 'inf'),
+    (2, '--thrash', '--thrash', ''),
 ]
 
 
@@ -3083,6 +3455,7 @@ class RelaunchTest(TempDirTest):
     SAMPLES = {
         'mem_percent': '15,8', 'swap_percent': '50', 'mem_size_kib': '2G,1G',
         'swap_size_kib': '1G', 'psi_avg10': '40', 'psi_mem_max_percent': '20',
+        'thrash_stall_ms': '5000', 'thrash_horizon_s': '30',
         'cgroup': 'auto', 'unkillables': 'sshd|Xorg', 'ignore_re': '^postgres$',
         'ignore_root_user': None, 'default_unkillables': None, 'prefer_re': '^chrome$',
         'avoid_re': '^tmux$', 'match': 'cmdline', 'sort_by_rss': None, 'kill_pgroup': None,
@@ -4125,6 +4498,27 @@ class MetricsKillTest(RealKillTest):
         self.assertGreaterEqual(samples[('bustd_last_kill_timestamp_seconds', ())], before - 1)
         self.assertGreaterEqual(samples[('bustd_last_kill_decision_seconds', ())], 0)
 
+    def test_a_thrashing_kill_is_counted_under_its_rule(self):
+        child = self.victim()
+        now = [100.0]
+        d, sink = self.daemon()
+        d.clock = lambda: now[0]
+        path = os.path.join(self.tmp, 'bustd.prom')
+        d.metrics = bustd.Metrics(path, 'machine')
+        for i in range(200):     # swap fills at 60 MiB/s while tasks stall 60 % of the time
+            t = i / 10.0
+            self.proc.meminfo(1000 * MIB, 120 * MIB, swap_total_kib=1000 * MIB,
+                              swap_free_kib=1000 * MIB - int(t * 60 * MIB), anon_kib=800 * MIB)
+            self.proc.psi(0.0, full_total_us=int(t * 0.6e6))
+            d.step()
+            if child.poll() is not None:
+                break
+            now[0] += 0.1
+        self.assertEqual(reap(child), -signal.SIGTERM)
+        samples, _ = parse_exposition(read_text(path))
+        self.assertEqual(samples[('bustd_kills_total', (('rule', 'thrash'),
+                                                        ('signal', 'SIGTERM')))], 1)
+
     def test_kill_happens_when_the_file_cannot_be_written(self):
         child = self.victim()
         self.proc.meminfo(total_kib=8 * GIB, avail_kib=700 * MIB)
@@ -4151,8 +4545,9 @@ class DecisionRuleTest(unittest.TestCase):
             ('swap plenty: nothing', reading(avail=700 * MIB, swap_total=8 * GIB,
                                              swap_free=4 * GIB), th, None),
             ('pressure', reading(avail=GIB, psi=50.0), th_noswap, 'pressure'),
+            # With swap, the thrashing rule (no trend here) tells a burst from a leak.
             ('pressure, swap plenty', reading(avail=700 * MIB, swap_total=8 * GIB,
-                                              swap_free=4 * GIB, psi=50.0), th, 'pressure'),
+                                              swap_free=4 * GIB, psi=50.0), th, None),
         ]
         for why, r, t, expected in cases:
             with self.subTest(why=why):
