@@ -2562,6 +2562,22 @@ def prom_number(value):
     return repr(float(value))
 
 
+def open_new_file(path, mode):
+    """Open path for writing as a file this call creates; return the fd.
+
+    O_EXCL never follows a symlink: one planted at a predictable temporary
+    name (by whoever may write to the directory) would otherwise make root
+    overwrite its target.  A leftover (a crash, or such a symlink) is
+    removed, not followed, and the creation tried once more.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    try:
+        return os.open(path, flags, mode)
+    except FileExistsError:
+        os.unlink(path)
+        return os.open(path, flags, mode)
+
+
 class Metrics(object):
     """What --metrics-file reports: kills by signal and rule, the last kill, the reading."""
 
@@ -2629,14 +2645,14 @@ class Metrics(object):
         tmp = '%s.%d.tmp' % (self.path, os.getpid())
         try:
             try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+                fd = open_new_file(tmp, 0o644)
             except FileNotFoundError:
                 # /run/bustd is made by systemd (RuntimeDirectory=); elsewhere
                 # (OpenRC, runit, BusyBox) by bustd, one level only.
                 os.mkdir(os.path.dirname(self.path), 0o755)
                 os.chmod(os.path.dirname(self.path), 0o755)
                 log.info('--metrics-file: created %s' % os.path.dirname(self.path))
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+                fd = open_new_file(tmp, 0o644)
             try:
                 os.fchmod(fd, 0o644)    # readable by node_exporter whatever our umask
                 os.write(fd, text.encode('utf-8'))

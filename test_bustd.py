@@ -3344,6 +3344,22 @@ class MetricsTest(TempDirTest):
             self.assertEqual(reader.read(), '# HELP a A.\n# TYPE a gauge\na 1\n')
         self.assertEqual(read_text(path), '# HELP a A.\n# TYPE a gauge\na 2\n')
 
+    def test_a_symlink_planted_at_the_temporary_name_is_not_followed(self):
+        # Whoever may write to the directory (node_exporter's user owns the
+        # textfile directory on many systems) can guess PATH.PID.tmp.
+        path = os.path.join(self.tmp, 'bustd.prom')
+        target = os.path.join(self.tmp, 'precious')
+        with open(target, 'w') as f:
+            f.write('precious\n')
+        os.symlink(target, '%s.%d.tmp' % (path, os.getpid()))
+        m = bustd.Metrics(path, 'machine')
+        log, sink = make_log()
+        self.assertTrue(m.write('# HELP a A.\n# TYPE a gauge\na 1\n', log, 0.0))
+        self.assertEqual(read_text(target), 'precious\n')
+        self.assertFalse(os.path.islink(path))
+        self.assertEqual(read_text(path), '# HELP a A.\n# TYPE a gauge\na 1\n')
+        self.assertEqual([n for n in os.listdir(self.tmp) if 'tmp' in n], [])
+
     def test_makes_its_directory_one_level_deep(self):
         m = bustd.Metrics(os.path.join(self.tmp, 'run-bustd', 'bustd.prom'), 'machine')
         log, sink = make_log()
