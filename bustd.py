@@ -4393,11 +4393,12 @@ def _remove_options(path, template):
                         'yourself' % path)]
 
 
-def run_install_steps(steps, dry_run, out, proc='/proc', run=None):
+def run_install_steps(steps, dry_run, out, proc='/proc', run=None, root='/'):
     """Carry out (or with dry_run only print) the steps; return the exit status.
 
     Each step prints one line before it acts.  The first failure stops
-    the run with exit status 1.
+    the run with exit status 1, and so does a path of the tree at `root`
+    whose directory resolves outside it.
     """
     def say(text):
         out.write(text + '\n')
@@ -4407,6 +4408,12 @@ def run_install_steps(steps, dry_run, out, proc='/proc', run=None):
         if step.kind == 'say':
             say(step.text)
             continue
+        escape = step.path and root_escape(step.path, root)
+        if escape:
+            say('%s: --root %s: %s resolves to %s, outside the tree (a symlink in it); '
+                'not touching it: fix the link or give --root a tree without it' % (
+                    PROG, root, os.path.dirname(step.path), escape))
+            return EXIT_ENV
         if step.kind == 'write':
             say('%swrite %s (mode %o)' % (prefix, step.path, step.mode))
         elif step.kind == 'link':
@@ -4429,13 +4436,31 @@ def run_install_steps(steps, dry_run, out, proc='/proc', run=None):
     return EXIT_OK
 
 
+def root_escape(path, root):
+    """Return where path's directory really is when that is outside root, else None.
+
+    An image's absolute symlink (etc/systemd -> /etc/systemd) means its own
+    /etc inside the image, but here it is the host's: --install would write
+    (and --uninstall remove) files of the machine it runs on.
+    """
+    real_root = os.path.realpath(root)
+    parent = os.path.realpath(os.path.dirname(path))
+    if real_root == '/' or parent == real_root or parent.startswith(real_root + '/'):
+        return None
+    return parent
+
+
 def _do_install_step(step, proc, run):
     if step.kind == 'write':
         write_atomically(step.path, step.data, step.mode)
     elif step.kind == 'link':
         os.makedirs(os.path.dirname(step.path), exist_ok=True)
         tmp = '%s.%d.tmp' % (step.path, os.getpid())
-        os.symlink(step.data, tmp)
+        try:
+            os.symlink(step.data, tmp)
+        except FileExistsError:      # a leftover of an interrupted run
+            os.unlink(tmp)
+            os.symlink(step.data, tmp)
         os.rename(tmp, step.path)
     elif step.kind == 'remove':
         os.unlink(step.path)
@@ -4466,7 +4491,7 @@ def write_atomically(path, data, mode):
     """Write data (str or bytes) to path through a temporary file renamed over it."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = '%s.%d.tmp' % (path, os.getpid())
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    fd = open_new_file(tmp, mode)
     try:
         os.fchmod(fd, mode)
         os.write(fd, data if isinstance(data, bytes) else data.encode('utf-8'))
@@ -4522,7 +4547,7 @@ def install_main(settings, out=None, euid=None):
     out.write('%s: %s%s for %s %s %s\n' % (
         PROG, settings.install, ' (dry run)' if settings.dry_run else '', flavour,
         'into' if settings.install == 'install' else 'from', root))
-    return run_install_steps(steps, settings.dry_run, out)
+    return run_install_steps(steps, settings.dry_run, out, root=root)
 
 
 # ============================================================================

@@ -3774,6 +3774,42 @@ class InstallTest(TempDirTest):
         self.assertEqual(sorted(tree(root)), ['a'])
         self.assertIn('failed: systemctl exited with status 1', out.getvalue())
 
+    def test_a_symlink_in_the_tree_never_leads_outside_it(self):
+        # An image's absolute symlink means its own /etc, but here it is the host's.
+        host = os.path.join(self.tmp, 'host')
+        os.makedirs(host)
+        for action in ('--install', '--uninstall'):
+            for extra in ((), ('--dry-run',)):
+                with self.subTest(action=action, extra=extra):
+                    root = os.path.join(self.tmp, 'image' + action + ''.join(extra))
+                    os.makedirs(os.path.join(root, 'etc'))
+                    os.symlink(host, os.path.join(root, 'etc', 'systemd'))
+                    if action == '--uninstall':
+                        os.makedirs(os.path.join(host, 'system'), exist_ok=True)
+                        with open(os.path.join(host, 'system', 'bustd.service'), 'w') as f:
+                            f.write(bustd.SYSTEMD_UNIT)
+                    out = run_cli(action, '--root', root, '--init', 'systemd', *extra)
+                    self.assertEqual(out.returncode, 1, out.stdout + out.stderr)
+                    self.assertIn('--root %s: %s/etc/systemd/system' % (root, root), out.stdout)
+                    self.assertIn('resolves to %s/system' % host, out.stdout)
+                    self.assertIn('outside the tree (a symlink in it); not touching it',
+                                  out.stdout)
+                    self.assertEqual(sorted(tree(host)), [] if action == '--install'
+                                     else ['system/bustd.service'])
+
+    def test_a_symlink_planted_at_the_temporary_name_is_not_followed(self):
+        root = self.root('none')
+        target = os.path.join(self.tmp, 'precious')
+        with open(target, 'w') as f:
+            f.write('precious\n')
+        os.makedirs(os.path.join(root, 'usr/local/sbin'))
+        os.symlink(target, os.path.join(root, 'usr/local/sbin/bustd.%d.tmp' % os.getpid()))
+        out = io.StringIO()
+        steps = bustd.install_plan('none', root, (), b'program')
+        self.assertEqual(bustd.run_install_steps(steps, False, out), 0)
+        self.assertEqual(read_text(target), 'precious\n')
+        self.assertEqual(tree(root), {'usr/local/sbin/bustd': ('file', 0o755)})
+
     def test_refuses_without_root(self):
         for action in ('--install', '--uninstall'):
             with self.subTest(action=action):
