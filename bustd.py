@@ -3977,6 +3977,9 @@ def parse_settings(argv):
 # and OPTIONS_FILE its etc/default/bustd, byte for byte (a test compares them).
 INSTALL_BIN = '/usr/local/sbin/bustd'
 INSTALL_PIDFILE = '/run/bustd.pid'
+# The start of this file's docstring: what --uninstall removes has it (Rust
+# bustd, or the admin's own script, at the same path is left alone).
+INSTALLED_MARK = b'bustd.py - an early userspace out-of-memory killer'
 INIT_SYSTEMS = ('systemd', 'openrc', 'runit', 'busybox', 'none')
 
 SYSTEMD_UNIT = '''\
@@ -4365,7 +4368,7 @@ def uninstall_plan(flavour, root):
     if flavour == 'busybox':
         steps.append(InstallStep('say', text='remove the ::respawn:%s line from /etc/inittab '
                                  'yourself, if you added it' % INSTALL_BIN))
-    steps.append(InstallStep('remove', at + INSTALL_BIN))
+    steps += _remove_program(at + INSTALL_BIN)
     if flavour != 'systemd' and os.path.exists(at + DEFAULT_LOG_FILE):
         steps.append(InstallStep('say', text='left %s%s (bustd\'s log)' % (at, DEFAULT_LOG_FILE)))
     return steps
@@ -4378,6 +4381,15 @@ def _remove_generated(path, text):
         return [InstallStep('remove', path)]
     return [InstallStep('say', text='left %s: it differs from what --install writes '
                         '(edited?); remove it yourself' % path)]
+
+
+def _remove_program(path):
+    """Remove the installed copy of bustd.py; keep (and say so) any other program there."""
+    head = read_file(path, 4096)
+    if head is None or INSTALLED_MARK in head:
+        return [InstallStep('remove', path)]
+    return [InstallStep('say', text='left %s: it is not a bustd.py that --install wrote (another '
+                        'bustd?); remove it yourself' % path)]
 
 
 def _remove_options(path, template):

@@ -3702,6 +3702,21 @@ class InstallTest(TempDirTest):
         self.assertIn('left %s' % options, out.stdout)
         self.assertIn('left %s' % unit, out.stdout)
 
+    def test_uninstall_leaves_a_program_it_did_not_write(self):
+        for flavour in ('systemd', 'none'):
+            with self.subTest(flavour=flavour):
+                root = self.root(flavour)
+                other = os.path.join(root, 'usr/local/sbin/bustd')
+                os.makedirs(os.path.dirname(other))
+                with open(other, 'w') as f:
+                    f.write('#!/bin/sh\nexec /opt/rust-bustd/bustd "$@"\n')
+                out = run_cli('--uninstall', '--root', root, '--init', flavour)
+                self.assertEqual(out.returncode, 0, out.stdout + out.stderr)
+                self.assertEqual(read_text(other), '#!/bin/sh\nexec /opt/rust-bustd/bustd "$@"\n')
+                self.assertIn('left %s: it is not a bustd.py that --install wrote' % other,
+                              out.stdout)
+                self.assertNotIn('remove %s' % other, out.stdout)
+
     def test_uninstall_reports_the_options_it_removes(self):
         root = self.root('systemd')
         self.install(root, '--init', 'systemd', '-m', '15,8')
