@@ -137,6 +137,9 @@ PATTERN_TEXT_MAX = 1024
 # --ignore/--prefer/--avoid cannot blind bustd.  Names (15 characters) are
 # too short to need it.
 PATTERN_CPU_S = 0.05
+# A cgroup path in a log line, at most (users name the cgroups of their
+# delegated subtree: spaces, quotes and control characters included).
+PATH_TEXT_MAX = 1024
 # The default protected list protects a matching process only when it runs
 # as a system user (uid below this, login.defs' UID_MIN), or when its
 # executable is a root-owned file of that name: any user can rename a process.
@@ -2015,7 +2018,7 @@ def cgroup_kill_refusal(path, mountpoint, own_dir, watched_dir, members, has_chi
     if os.path.basename(path) == 'init.scope':
         return 'it is init.scope'
     if own_dir is not None and (own_dir == path or own_dir.startswith(path + '/')):
-        return "it holds bustd itself (bustd's cgroup is %s)" % own_dir
+        return "it holds bustd itself (bustd's cgroup is %s)" % printable(own_dir, PATH_TEXT_MAX)
     if watched_dir is not None and os.path.normpath(watched_dir) == path:
         return 'it is the watched --cgroup root'
     if has_children:
@@ -2062,7 +2065,7 @@ def make_cgroup_target(victim, calls, proc, policy, watched_dir=None, version=No
     if refusal is None and victim.pid not in set(m.pid for m in members):
         refusal = 'pid %d is not listed in its cgroup.procs' % victim.pid
     if refusal is not None:
-        return None, '%s: %s' % (path, refusal)
+        return None, '%s: %s' % (printable(path, PATH_TEXT_MAX), refusal)
     members = [m for m in members if m.never != 'exiting']
     return CgroupTarget(victim, calls, proc, members, path, version), None
 
@@ -3539,7 +3542,7 @@ def kill_line(sig, victim, trigger, pgrp=None, cgroup=None):
     return ('kill: %s %s%spid=%d uid=%d name="%s" oom_score=%d oom_score_adj=%d rss=%s '
             'cmdline="%s" %s' % (
                 SIGNAL_NAMES.get(sig, sig), '' if pgrp is None else 'pgrp=%d ' % pgrp,
-                '' if cgroup is None else 'cgroup=%s ' % printable(cgroup),
+                '' if cgroup is None else 'cgroup="%s" ' % printable(cgroup, PATH_TEXT_MAX),
                 victim.pid, victim.uid, printable(victim.name), victim.oom_score,
                 victim.oom_score_adj, format_kib(victim.rss_kib).replace(' ', ''),
                 printable(victim.cmdline or '', 300), trigger))

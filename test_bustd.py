@@ -1546,7 +1546,7 @@ class KillCgroupTest(TempDirTest):
         self.assertEqual(self.wait_empty(cgroup, leader), [], sink.text())
         self.assertEqual(leader.returncode, -sig)
         self.assertIsNone(bystander.poll())
-        self.assertIn('kill: %s cgroup=%s pid=' % (bustd.SIGNAL_NAMES[sig], cgroup.path),
+        self.assertIn('kill: %s cgroup="%s" pid=' % (bustd.SIGNAL_NAMES[sig], cgroup.path),
                       sink.text())
         self.assertIn('exited: pid=', sink.text())
 
@@ -2842,6 +2842,33 @@ class HostileProcTest(TempDirTest):
         import shlex
         fields = dict(w.split('=', 1) for w in shlex.split(line.split(': ', 1)[1]) if '=' in w)
         self.assertEqual((fields['pid'], fields['uid']), ('10', str(os.getuid())))
+
+    def test_a_cgroup_name_cannot_forge_fields_of_the_kill_line_or_the_refusal(self):
+        # A user names the cgroups of a delegated subtree (user@UID.service) at will.
+        hostile = 'x pid=1 uid=0 name="init" \x1b[2J'
+        cg = os.path.join(self.tmp, 'cg')
+        os.makedirs(os.path.join(cg, hostile))
+        self.proc.write('self/mountinfo', ('30 20 0:26 / %s rw - cgroup2 cgroup2 rw\n'
+                                           % cg).encode())
+        self.proc.write('%d/cgroup' % FAKE_PID, ('0::/%s\n' % hostile).encode())
+        self.proc.add(FAKE_PID, oom_score=900)
+        s = settings(self.proc)
+        p = bustd.scan_processes(s.proc, bustd.Policy(s))[0]
+        line = bustd.kill_line(signal.SIGKILL, p, 'trigger', cgroup=os.path.join(cg, hostile))
+        import shlex
+        words = shlex.split(line.split(': ', 1)[1])
+        self.assertEqual([w for w in words if w.startswith(('pid=', 'uid='))],
+                         ['pid=%d' % FAKE_PID, 'uid=%d' % os.getuid()])
+        self.assertIn('cgroup=%s' % os.path.join(cg, hostile).replace('\x1b', '\\x1b'), words)
+        self.assertNotIn('\x1b', line)
+        # No cgroup.procs lists the victim: refused, and the path is escaped there too.
+        target, refusal = bustd.make_cgroup_target(p, no_kernel_calls(), s.proc, bustd.Policy(s))
+        self.assertIsNone(target)
+        self.assertIn('not listed in its cgroup.procs', refusal)
+        self.assertNotIn('\x1b', refusal)
+        self.assertIn('x pid=1 uid=0 name=\\"init\\" \\x1b[2J', refusal)
+        refusal = bustd.cgroup_kill_refusal(cg + '/a', cg, cg + '/a/' + hostile, None, [], False)
+        self.assertNotIn('\x1b', refusal)
 
     def test_a_backtracking_pattern_cannot_blind_the_scan(self):
         import re
