@@ -2054,20 +2054,43 @@ def make_cgroup_target(victim, calls, proc, policy, watched_dir=None, version=No
     path, mountpoint, version = found
     own = victim_cgroup(proc, 'self', version)
     page_kib = os.sysconf('SC_PAGE_SIZE') // 1024
-    members = []
+    members, unread = [], []
     for pid in cgroup_pids(path):
         p = read_process(proc, pid, page_kib)
         if p is not None:
             policy.classify(p)
             members.append(p)
+        else:
+            unread.append(pid)
     refusal = cgroup_kill_refusal(path, mountpoint, own and own[0], watched_dir, members,
                                   has_child_cgroups(path))
     if refusal is None and victim.pid not in set(m.pid for m in members):
         refusal = 'pid %d is not listed in its cgroup.procs' % victim.pid
+    if refusal is None and unread:
+        refusal = unchecked_member(proc, path, unread)
     if refusal is not None:
         return None, '%s: %s' % (printable(path, PATH_TEXT_MAX), refusal)
     members = [m for m in members if m.never != 'exiting']
     return CgroupTarget(victim, calls, proc, members, path, version), None
+
+
+def unchecked_member(proc, path, unread):
+    """Return why the cgroup may not be killed when members in `unread` could not be read.
+
+    cgroup.kill kills what bustd did not see as surely as what it did, so a
+    member still listed that could not be checked (hidepid hides it, its
+    entry is unreadable) may be a protected one.  Members that exited
+    meanwhile, and kernel threads (cgroup v1 lets them join; no signal
+    reaches them), are no reason.
+    """
+    listed = set(cgroup_pids(path))
+    for pid in unread:
+        if pid not in listed:
+            continue
+        stat = parse_stat(read_small('%s/%d/stat' % (proc, pid)) or b'')
+        if stat is None or not is_kernel_thread(stat):
+            return 'its member pid %d cannot be read in %s, so it was not checked' % (pid, proc)
+    return None
 
 
 class CgroupTarget(Target):

@@ -1601,6 +1601,19 @@ class KillCgroupTest(TempDirTest):
                       % (cgroup.path, kids[0]), sink.text())
         self.assertEqual(sorted(cgroup.pids()), sorted(kids))    # every other member lives
 
+    def test_a_member_that_cannot_be_read_means_the_victim_dies_alone(self):
+        # As under hidepid: listed in cgroup.procs, absent from bustd's /proc.
+        # cgroup.kill would kill it unchecked (it might be a protected one).
+        cgroup = KillCgroup(2)
+        leader, kids = self.start_service(cgroup)
+        os.unlink(os.path.join(self.proc.root, str(kids[0])))
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=300 * MIB)
+        sink = self.run_daemon()
+        self.assertEqual(reap(leader), -signal.SIGKILL)
+        self.assertIn('--kill-cgroup: not killing cgroup %s: its member pid %d cannot be read'
+                      % (cgroup.path, kids[0]), sink.text())
+        self.assertEqual(sorted(cgroup.pids()), sorted(kids))    # every other member lives
+
 
 HOG_CODE = textwrap.dedent(r"""
     import os, signal, sys, time
