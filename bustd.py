@@ -88,6 +88,12 @@ SWAP_FILL_RATE_KIB_S = 800 * 1024
 TERM_GRACE_S = 5.0      # SIGTERM -> SIGKILL if the victim is still alive
 KILL_WAIT_S = 10.0      # give up waiting for an exit after this long
 KILL_POLL_S = 0.010     # memory re-check interval while waiting
+# A group or cgroup kill holds at most this many pidfds (and at most a quarter
+# of the open-file limit); further members are checked by start time before
+# each signal.  A fork bomb's thousands would otherwise fill bustd's fd table
+# (1024 under systemd): every /proc read of the kill wait fails (blind), and
+# members past the limit are never signalled.
+PIDFDS_HELD_MAX = 256
 NO_VICTIM_RETRY_S = 1.0  # back-off when nothing may be killed
 # After a kill, watch memory come back for at most this long before choosing
 # again: an exit frees its memory before its pidfd polls readable, so this
@@ -1855,35 +1861,73 @@ class Target(object):
         self.members = members or [victim]
         self.pgrp = pgrp
         self.fds = {}
+        self.by_start_time = set()   # pids held without a pidfd (past pidfds_max, EMFILE)
+        self.fds_max = None
         self.error = None    # errno of the last failed signal
         self.cgroup = None   # a CgroupTarget's directory
 
     def open(self):
         """Take hold of the members; return False if none is still the scanned process."""
-        alive = 0
-        for m in self.members:
-            if self.calls.pidfd_open is not None:
-                try:
-                    fd = self.calls.pidfd_open(m.pid)
-                except OSError:
-                    continue
+        return sum(1 for m in self.members if self.hold(m)) > 0
+
+    def hold(self, m):
+        """Take hold of member m; return False if it is not the scanned process any more.
+
+        A pidfd while fewer than PIDFDS_HELD_MAX are held, else its start time,
+        checked again before each signal.
+        """
+        if self.calls.pidfd_open is not None and (not self.fds or
+                                                   len(self.fds) < self.pidfds_max()):
+            try:
+                fd = self.calls.pidfd_open(m.pid)
+            except OSError as exc:
+                if exc.errno not in (errno.EMFILE, errno.ENFILE):
+                    return False     # ESRCH: gone
+            else:
                 if not same_process(self.identity, m.pid, m.starttime):
                     os.close(fd)
-                    continue
+                    return False
                 self.fds[m.pid] = fd
-            elif not same_process(self.identity, m.pid, m.starttime):
-                continue
-            alive += 1
-        return alive > 0
+                return True
+        if not same_process(self.identity, m.pid, m.starttime):
+            return False
+        if self.calls.pidfd_open is not None:
+            self.by_start_time.add(m.pid)
+        return True
+
+    def pidfds_max(self):
+        """Return how many pidfds this target may hold (asked only of group and cgroup kills)."""
+        if self.fds_max is None:
+            self.fds_max = PIDFDS_HELD_MAX
+            try:
+                import resource
+                soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+                if soft != resource.RLIM_INFINITY:
+                    self.fds_max = max(1, min(PIDFDS_HELD_MAX, soft // 4))
+            except (ImportError, ValueError, OSError):
+                pass
+        return self.fds_max
 
     def is_alive(self, m):
         """Return True while member m has not exited."""
         fd = self.fds.get(m.pid)
         if fd is not None:
             return not _fd_readable(fd, 0)
-        if self.calls.pidfd_open is not None:
+        if self.calls.pidfd_open is not None and m.pid not in self.by_start_time:
             return False     # could not be opened: it was gone already
         return same_process(self.identity, m.pid, m.starttime)
+
+    def signal_member(self, m, sig):
+        """Signal member m through its pidfd, else after a start-time check; False if gone."""
+        fd = self.fds.get(m.pid)
+        if fd is not None:
+            self.calls.pidfd_send_signal(fd, sig)
+        elif (self.calls.pidfd_open is None or m.pid in self.by_start_time) and m.pid > 0 \
+                and same_process(self.identity, m.pid, m.starttime):
+            os.kill(m.pid, sig)
+        else:
+            return False
+        return True
 
     def alive_count(self):
         """Return how many members are still alive."""
@@ -1903,15 +1947,8 @@ class Target(object):
                 self.error = exc.errno
                 return False
         else:
-            m = self.victim
-            fd = self.fds.get(m.pid)
             try:
-                if fd is not None:
-                    self.calls.pidfd_send_signal(fd, sig)
-                elif self.calls.pidfd_open is None and m.pid > 0 and same_process(
-                        self.identity, m.pid, m.starttime):
-                    os.kill(m.pid, sig)
-                else:
+                if not self.signal_member(self.victim, sig):
                     self.error = errno.ESRCH
                     return False
             except OSError as exc:   # ESRCH: gone; EPERM: not ours, or an LSM said no
@@ -1956,17 +1993,8 @@ class Target(object):
             if pid in known:
                 continue
             p = read_process(self.proc, pid, page_kib)
-            if p is None or p.pgrp != self.pgrp or p.never:
+            if p is None or p.pgrp != self.pgrp or p.never or not self.hold(p):
                 continue
-            if self.calls.pidfd_open is not None:
-                try:
-                    fd = self.calls.pidfd_open(pid)
-                except OSError:
-                    continue
-                if not same_process(self.identity, pid, p.starttime):
-                    os.close(fd)
-                    continue
-                self.fds[pid] = fd
             self.members.append(p)
             added += 1
         return added
@@ -1976,6 +2004,7 @@ class Target(object):
         for fd in self.fds.values():
             os.close(fd)
         self.fds = {}
+        self.by_start_time = set()
 
 
 # --kill-cgroup: the victim's whole leaf cgroup (a service, an app scope, a
@@ -2122,16 +2151,8 @@ class CgroupTarget(Target):
         for m in self.members:
             if not self.is_alive(m):
                 continue
-            fd = self.fds.get(m.pid)
             try:
-                if fd is not None:
-                    self.calls.pidfd_send_signal(fd, sig)
-                elif self.calls.pidfd_open is None and m.pid > 0 and same_process(
-                        self.identity, m.pid, m.starttime):
-                    os.kill(m.pid, sig)
-                else:
-                    continue
-                sent = True
+                sent = self.signal_member(m, sig) or sent
             except OSError as exc:
                 self.error = exc.errno
         return sent
@@ -2147,16 +2168,8 @@ class CgroupTarget(Target):
             p = read_process(self.proc, pid, page_kib)
             if p is None or p.never == 'exiting':
                 continue     # a zombie stays listed until its parent reaps it
-            if self.calls.pidfd_open is not None:
-                try:
-                    fd = self.calls.pidfd_open(pid)
-                except OSError:
-                    continue
-                if not same_process(self.identity, pid, p.starttime):
-                    os.close(fd)
-                    continue
-                self.fds[pid] = fd
-            self.members.append(p)
+            if self.hold(p):
+                self.members.append(p)
             added += 1
         return added
 

@@ -1601,6 +1601,57 @@ class KillCgroupTest(TempDirTest):
                       % (cgroup.path, kids[0]), sink.text())
         self.assertEqual(sorted(cgroup.pids()), sorted(kids))    # every other member lives
 
+    def test_more_members_than_free_fds_are_all_signalled(self):
+        # A fork bomb's cgroup: one pidfd per member would fill bustd's fd
+        # table, after which no /proc read works and the rest are never signalled.
+        import resource
+        cgroup = KillCgroup(2)
+        leader = subprocess.Popen([sys.executable, '-c', textwrap.dedent('''
+            import os, time
+            with open('/proc/self/oom_score_adj', 'w') as f:
+                f.write('1000')
+            for i in range(60):
+                if os.fork() == 0:
+                    while True:
+                        time.sleep(1)
+            print('ready', flush=True)
+            while True:
+                time.sleep(1)
+            ''')], stdout=subprocess.PIPE, preexec_fn=cgroup.join())
+
+        def cleanup():
+            cgroup.remove()
+            leader.wait()
+            leader.stdout.close()
+        self.addCleanup(cleanup)
+        self.assertEqual(leader.stdout.readline(), b'ready\n')
+        self.assertEqual(len(cgroup.pids()), 61)
+        log, sink = make_log()
+        victim = bustd.read_process('/proc', leader.pid, os.sysconf('SC_PAGE_SIZE') // 1024)
+        target, refusal = bustd.make_cgroup_target(
+            victim, bustd.load_kernel_calls(), '/proc', bustd.Policy(settings('/proc')))
+        self.assertIsNone(refusal)
+        limits = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE,
+                           (len(os.listdir('/proc/self/fd')) + 30, limits[1]))
+        readable = []
+
+        def check():
+            readable.append(bustd.read_file('/proc/meminfo') is not None)
+            return signal.SIGTERM
+        try:
+            self.assertTrue(target.open())
+            try:
+                result = bustd.kill_and_wait(target, signal.SIGTERM, check, log, wait_s=5)
+            finally:
+                target.close()
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+        self.assertTrue(result.exited, result.note)
+        self.assertNotIn(False, readable)
+        self.assertEqual(self.wait_empty(cgroup, leader), [])
+        self.assertEqual(leader.returncode, -signal.SIGTERM)
+
     def test_a_member_that_cannot_be_read_means_the_victim_dies_alone(self):
         # As under hidepid: listed in cgroup.procs, absent from bustd's /proc.
         # cgroup.kill would kill it unchecked (it might be a protected one).
