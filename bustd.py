@@ -2680,9 +2680,20 @@ class Metrics(object):
         """Replace the file atomically (temp file in its directory + rename); True if written.
 
         A failure is one warning, repeated at most once per METRICS_WARN_EVERY_S.
+        Anything but a regular file (or a symlink) at the path is left alone:
+        the rename would replace it, and `--metrics-file /dev/null` would
+        turn the machine's /dev/null into a text file.
         """
+        import stat as stat_module
         tmp = '%s.%d.tmp' % (self.path, os.getpid())
         try:
+            try:
+                mode = os.lstat(self.path).st_mode
+            except FileNotFoundError:
+                mode = None
+            if mode is not None and not (stat_module.S_ISREG(mode) or stat_module.S_ISLNK(mode)):
+                raise OSError(errno.EEXIST, 'it is not a regular file, and each write replaces '
+                              'the file: give a path such as /run/bustd/bustd.prom')
             try:
                 fd = open_new_file(tmp, 0o644)
             except FileNotFoundError:

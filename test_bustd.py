@@ -3451,6 +3451,28 @@ class MetricsTest(TempDirTest):
         self.assertEqual(read_text(path), '# HELP a A.\n# TYPE a gauge\na 1\n')
         self.assertEqual([n for n in os.listdir(self.tmp) if 'tmp' in n], [])
 
+    def test_never_replaces_a_device_fifo_or_directory(self):
+        # `--metrics-file /dev/null` would have made /dev/null a text file.
+        made = {'fifo': os.mkfifo, 'dir': os.mkdir}
+        try:
+            os.mknod(os.path.join(self.tmp, 'null'), stat.S_IFCHR | 0o666, os.makedev(1, 3))
+        except OSError:
+            pass     # not root: the FIFO stands for it
+        for name in ('null', 'fifo', 'dir'):
+            path = os.path.join(self.tmp, name)
+            if name in made:
+                made[name](path)
+            elif not os.path.exists(path):
+                continue
+            with self.subTest(name=name):
+                before = os.lstat(path).st_mode
+                log, sink = make_log()
+                self.assertFalse(bustd.Metrics(path, 'machine').write('x 1\n', log, 0.0))
+                self.assertEqual(os.lstat(path).st_mode, before)
+                self.assertIn('--metrics-file: cannot write %s (it is not a regular file' % path,
+                              sink.text())
+        self.assertEqual([n for n in os.listdir(self.tmp) if 'tmp' in n], [])
+
     def test_makes_its_directory_one_level_deep(self):
         m = bustd.Metrics(os.path.join(self.tmp, 'run-bustd', 'bustd.prom'), 'machine')
         log, sink = make_log()
