@@ -2020,10 +2020,12 @@ def victim_cgroup(proc, pid, version=None):
     (hybrid hosts keep services in the v1 memory hierarchy only), else the
     v1 memory hierarchy; `version` (the watched --cgroup's) forces one.
     """
-    mounts = parse_mountinfo_cgroups(
-        (read_file(proc + '/self/mountinfo', 1 << 20) or b'').decode('utf-8', 'replace'))
-    inner = parse_proc_cgroup(
-        (read_file('%s/%s/cgroup' % (proc, pid)) or b'').decode('utf-8', 'replace'))
+    # os.fsdecode: a cgroup's name is any bytes its (delegated) owner chose;
+    # decoded so, the path names that very directory (not U+FFFD's), and
+    # Python 3.6 in the C locale can still pass it to the kernel.
+    mounts = parse_mountinfo_cgroups(os.fsdecode(read_file(proc + '/self/mountinfo', 1 << 20)
+                                                 or b''))
+    inner = parse_proc_cgroup(os.fsdecode(read_file('%s/%s/cgroup' % (proc, pid)) or b''))
     keys = ('v2', 'v1') if version is None else ('v%d' % version,)
     found = None
     for key in keys:

@@ -2934,6 +2934,36 @@ class HostileProcTest(TempDirTest):
         refusal = bustd.cgroup_kill_refusal(cg + '/a', cg, cg + '/a/' + hostile, None, [], False)
         self.assertNotIn('\x1b', refusal)
 
+    def test_a_cgroup_name_in_any_bytes_is_the_victims_own_directory(self):
+        # Not UTF-8, and not ASCII: Python 3.6 in the C locale (a service
+        # without LANG) raised UnicodeEncodeError on every attempt: no kill.
+        name = b'caf\xc3\xa9-\xff'
+        cg = os.path.join(self.tmp, 'cg')
+        os.makedirs(os.path.join(os.fsencode(cg), name))
+        with open(os.path.join(os.fsencode(cg), name, b'cgroup.procs'), 'w') as f:
+            f.write('%d\n' % FAKE_PID)
+        self.proc.write('self/mountinfo', ('30 20 0:26 / %s rw - cgroup2 cgroup2 rw\n'
+                                           % cg).encode())
+        self.proc.write('%d/cgroup' % FAKE_PID, b'0::/' + name + b'\n')
+        self.proc.add(FAKE_PID, oom_score=900)
+        code = textwrap.dedent('''
+            import os, sys
+            sys.path.insert(0, %r)
+            import bustd
+            s = bustd.Settings(proc=%r)
+            p = bustd.scan_processes(s.proc, bustd.Policy(s))[0]
+            target, refusal = bustd.make_cgroup_target(p, bustd.KernelCalls(), s.proc,
+                                                       bustd.Policy(s))
+            print(refusal or 'target %%s' %% bustd.printable(target.cgroup))
+            print(os.fsencode(target.cgroup) == os.path.join(os.fsencode(%r), %r))
+            ''' % (HERE, self.proc.root, cg, name))
+        for env in ({'PATH': os.environ.get('PATH', '/usr/bin:/bin')}, dict(os.environ)):
+            with self.subTest(lang=env.get('LANG')):
+                out = subprocess.run([sys.executable, '-c', code], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, universal_newlines=True, env=env)
+                self.assertEqual(out.returncode, 0, out.stderr)
+                self.assertEqual(out.stdout.split('\n')[1:], ['True', ''], out.stdout)
+
     def test_a_backtracking_pattern_cannot_blind_the_scan(self):
         import re
         self.proc.add(FAKE_PID, oom_score=900, cmdline=b'a' * 60 + b'!\0')
