@@ -4485,6 +4485,11 @@ def run_install_steps(steps, dry_run, out, proc='/proc', run=None, root='/'):
         elif step.kind in ('remove', 'rmdir'):
             if not os.path.lexists(step.path):
                 continue
+            others = step.kind == 'rmdir' and not dry_run and foreign_entries(step.path)
+            if others:
+                say('left %s: it holds %s, not written by --install; remove it yourself'
+                    % (step.path, ', '.join(others)))
+                continue
             say('%sremove %s' % (prefix, step.path))
         elif step.kind == 'run':
             say('%srun: %s' % (prefix, ' '.join(sh_quote(a) for a in step.argv)))
@@ -4512,6 +4517,16 @@ def root_escape(path, root):
     if real_root == '/' or parent == real_root or parent.startswith(real_root + '/'):
         return None
     return parent
+
+
+def foreign_entries(path):
+    """Return the names in directory path that stop its removal (runsv's supervise/ does not)."""
+    if path.endswith('/supervise') or os.path.islink(path):
+        return []
+    try:
+        return sorted(os.listdir(path))
+    except OSError:
+        return []
 
 
 def _do_install_step(step, proc, run):

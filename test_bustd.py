@@ -3845,6 +3845,22 @@ class InstallTest(TempDirTest):
         self.assertIn('left %s' % options, out.stdout)
         self.assertIn('left %s' % unit, out.stdout)
 
+    def test_uninstall_leaves_a_runit_directory_with_files_of_the_admins(self):
+        # runit's usual log service: /etc/sv/bustd/log/run, added by the admin.
+        root = self.root('runit')
+        self.install(root, '--init', 'runit')
+        os.makedirs(os.path.join(root, 'etc/sv/bustd/log'))
+        with open(os.path.join(root, 'etc/sv/bustd/log/run'), 'w') as f:
+            f.write('#!/bin/sh\nexec svlogd -tt /var/log/bustd\n')
+        os.makedirs(os.path.join(root, 'etc/sv/bustd/supervise'))    # runsv's, removed
+        open(os.path.join(root, 'etc/sv/bustd/supervise/stat'), 'w').close()
+        out = run_cli('--uninstall', '--root', root, '--init', 'runit')
+        self.assertEqual(out.returncode, 0, out.stdout + out.stderr)
+        self.assertEqual(tree(root), {'etc/sv/bustd/log/run': ('file', 0o644)})
+        self.assertIn('left %s/etc/sv/bustd: it holds log, not written by --install'
+                      % root, out.stdout)
+        self.assertIn('remove %s/usr/local/sbin/bustd' % root, out.stdout)
+
     def test_uninstall_leaves_a_program_it_did_not_write(self):
         for flavour in ('systemd', 'none'):
             with self.subTest(flavour=flavour):
