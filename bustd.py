@@ -3419,14 +3419,30 @@ class Daemon(object):
         trigger = describe_trigger(self.reading, self.th)
         rule = decision_rule(self.reading, self.th)
         signalled_at = [now]
+        # A SIGTERM between the signal and its log line would leave a kill
+        # that no log shows: it waits for the line (microseconds), then stops us.
+        flags = self.flags
+        deferred = [flags.interruptible]
+        flags.interruptible = False
+
+        def resume_stopping():
+            if deferred and deferred.pop():
+                flags.interruptible = True
+                if flags.stop:
+                    flags.interruptible = False
+                    raise Stopping(flags.stop)
 
         def announce():
             signalled_at[0] = self.clock()
             self.log.warning(kill_line(sig, victim, trigger, target.pgrp, target.cgroup))
             self.log.debug('chose pid %d because: %s' % (
                 victim.pid, describe_victim(victim, skipped, self.settings.sort_by_rss)))
-        result = kill_and_wait(target, sig, self.check_now, self.log, wait_s=self.kill_wait_s,
-                               announce=announce)
+            resume_stopping()
+        try:
+            result = kill_and_wait(target, sig, self.check_now, self.log,
+                                   wait_s=self.kill_wait_s, announce=announce)
+        finally:
+            resume_stopping()     # when no signal went out (announce never ran)
         if result.signal and self.metrics is not None:
             self.metrics.count_kill(result.signal, rule, signalled_at[0] - now)
         return result

@@ -3122,6 +3122,45 @@ class PromptStopTest(TempDirTest):
             return None
         return time.monotonic() - start
 
+    def test_sigterm_right_after_the_signal_still_logs_the_kill_line(self):
+        # The daemon's own handlers, in this process: SIGTERM arrives between
+        # the victim's signal and its log line (systemctl stop during an OOM).
+        child = start_victim()
+        self.addCleanup(stop, child)
+        self.proc.link(child.pid)
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=700 * MIB)
+        calls = bustd.load_kernel_calls()
+        if calls.pidfd_send_signal is None:
+            self.skipTest('no pidfds here')
+        real_send = calls.pidfd_send_signal
+
+        def send_then_sigterm(fd, sig):
+            real_send(fd, sig)
+            os.kill(os.getpid(), signal.SIGTERM)
+        calls.pidfd_send_signal = send_then_sigterm
+        log, sink = make_log()
+        s = settings(self.proc)
+        sensor = bustd.MachineSensor(s.proc)
+        sensor.check()
+        d = bustd.Daemon(s, sensor, bustd.Policy(s), calls, log)
+        d.start()
+        saved = dict((n, signal.getsignal(n)) for n in (signal.SIGTERM, signal.SIGINT,
+                                                         signal.SIGHUP, signal.SIGUSR1))
+        fd = bustd.install_signal_handlers(d.flags)
+        try:
+            d.flags.interruptible = True
+            with self.assertRaises(bustd.Stopping):
+                d.step()
+        finally:
+            d.flags.interruptible = False
+            for n, handler in saved.items():
+                signal.signal(n, handler)
+            signal.set_wakeup_fd(-1)
+            os.close(fd)
+        self.assertEqual(reap(child), -signal.SIGTERM)
+        self.assertIn('kill: SIGTERM pid=%d ' % child.pid, sink.text())
+        self.assertEqual(d.flags.stop, signal.SIGTERM)
+
     def test_sigterm_during_a_kill_wait(self):
         child = start_victim('ignore-term')
         self.addCleanup(stop, child)
