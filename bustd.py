@@ -2029,8 +2029,8 @@ def victim_cgroup(proc, pid, version=None):
     keys = ('v2', 'v1') if version is None else ('v%d' % version,)
     found = None
     for key in keys:
-        if key in mounts and key in inner:
-            mountpoint, root = mounts[key]
+        if key in mounts and key in inner and '\0' not in mounts[key][0] + inner[key]:
+            mountpoint, root = mounts[key]     # (a NUL comes only from a fake tree)
             found = (_cgroup_dir(mountpoint, root, inner[key]), mountpoint, int(key[1]))
             if found[0] != os.path.normpath(mountpoint):
                 return found

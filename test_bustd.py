@@ -2934,6 +2934,41 @@ class HostileProcTest(TempDirTest):
         refusal = bustd.cgroup_kill_refusal(cg + '/a', cg, cg + '/a/' + hostile, None, [], False)
         self.assertNotIn('\x1b', refusal)
 
+    def test_kill_cgroup_survives_hostile_mountinfo_and_cgroup_files(self):
+        # An exception here would repeat on every poll: no kill, ever.
+        import random
+        rnd = random.Random(12)
+        cg = os.path.join(self.tmp, 'cg')
+        good_mountinfo = ('30 20 0:26 / %s rw - cgroup2 cgroup2 rw\n31 20 0:27 / %s1 rw - '
+                          'cgroup cgroup rw,memory\n' % (cg, cg)).encode()
+        good_cgroup = b'0::/a/b\n4:memory:/x\n'
+        pieces = [b'0::', b'/', b'..', b'\0', b'\xff', b' - ', b'cgroup2', b'memory', b'\n',
+                  b':', b'\\040', b'//', b' ']
+        self.proc.add(FAKE_PID, oom_score=900)
+        s = settings(self.proc)
+        policy = bustd.Policy(s)
+        p = bustd.scan_processes(s.proc, policy)[0]
+        cases = [(good_mountinfo, b'0::/a/b\0\n'), (good_mountinfo.replace(b'/cg', b'/c\0g'),
+                                                     good_cgroup)]
+        for _ in range(400):
+            texts = [bytearray(good_mountinfo), bytearray(good_cgroup)]
+            for text in texts:
+                for _ in range(rnd.randint(0, 4)):
+                    at = rnd.randint(0, len(text))
+                    text[at:at] = rnd.choice(pieces)
+                if rnd.random() < 0.2:
+                    del text[rnd.randint(0, len(text)):]
+            cases.append(tuple(bytes(t) for t in texts))
+        for mountinfo, cgroup in cases:
+            self.proc.write('self/mountinfo', mountinfo)
+            self.proc.write('%d/cgroup' % FAKE_PID, cgroup)
+            try:
+                target, refusal = bustd.make_cgroup_target(p, no_kernel_calls(), s.proc, policy)
+            except Exception as exc:
+                self.fail('%r with mountinfo %r, cgroup %r' % (exc, mountinfo, cgroup))
+            self.assertIsNone(target)     # no such directory holds the victim
+            self.assertTrue(refusal)
+
     def test_a_cgroup_name_in_any_bytes_is_the_victims_own_directory(self):
         # Not UTF-8, and not ASCII: Python 3.6 in the C locale (a service
         # without LANG) raised UnicodeEncodeError on every attempt: no kill.
