@@ -4276,7 +4276,9 @@ def install_options(argv):
         if name.startswith('--') and len(name) > 3 and any(o.startswith(name) for o in with_value):
             skip = '=' not in token
             continue
-        if re.search(r'[\s\'"\\`]|\$[\w{(]', token):
+        # $NAME, ${..}, $(..) and the special parameters ($$, $?, $*, ...) expand in
+        # the shell that sources OpenRC's and runit's options files.
+        if re.search(r'[\s\'"\\`]|\$[\w{($?!#*@-]', token):
             raise UsageError('argument --install: %r cannot be written to an options file '
                              '(no spaces, quotes, backslashes or $NAME); write patterns '
                              'without them, e.g. -u sshd|postgres' % token)

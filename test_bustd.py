@@ -4080,6 +4080,27 @@ class InstallTest(TempDirTest):
                 self.assertEqual(out.returncode, 2, out.stderr)
                 self.assertIn(message, out.stderr)
 
+    def test_the_shell_gives_the_daemon_exactly_the_options_given(self):
+        # OpenRC and runit source their options files in sh: what it cannot
+        # carry unchanged ($$ is the shell's pid) is refused.
+        for value in ('a$$', 'x$?', 'a$*', '$!', 'a$#', '$@', 'a$-', 'a$1'):
+            with self.subTest(value=value):
+                with self.assertRaises(bustd.UsageError):
+                    bustd.install_options(['--install', '--prefer', value])
+        if not shutil.which('sh'):
+            self.skipTest('no sh here')
+        given = ['--prefer', '^(a|b)$', '-u', 'a;b', '--avoid', 'a|b&c>d$|e$', '--ignore', '#x*']
+        for flavour, conf, expand in (
+                ('openrc', 'etc/conf.d/bustd', 'eval set -- $BUSTD_ARGS'),
+                ('runit', 'etc/sv/bustd/conf', 'set -f; set -- $BUSTD_ARGS')):
+            with self.subTest(flavour=flavour):
+                root = self.root(flavour)
+                self.install(root, '--init', flavour, *given)
+                out = subprocess.run(['sh', '-c', '. "$0"; %s; printf "%%s\\n" "$@"' % expand,
+                                      os.path.join(root, conf)], stdout=subprocess.PIPE,
+                                     universal_newlines=True)
+                self.assertEqual(out.stdout.split('\n')[:-1], given)
+
     def test_install_options_drop_the_installers_own_flags(self):
         cases = [
             (['--install', '-m', '15', '--root', '/x', '--init=openrc', '-n'], ('-m', '15')),
