@@ -4601,9 +4601,9 @@ def write_atomically(path, data, mode):
 def stop_pidfile_bustd(path, proc='/proc', timeout_s=KILL_WAIT_S):
     """SIGTERM the bustd a pidfile names (nothing if none runs); wait until it has exited."""
     pid = read_int(path)
-    if pid is None or pid == os.getpid():
+    if pid is None or not 0 < pid <= PID_MAX_LIMIT or pid == os.getpid():
         return False
-    if b'bustd' not in (read_file('%s/%d/cmdline' % (proc, pid), 4096) or b''):
+    if not started_with_pidfile(read_file('%s/%d/cmdline' % (proc, pid), 1 << 16) or b'', path):
         return False      # a stale pidfile naming some other process now
     try:
         os.kill(pid, signal.SIGTERM)
@@ -4613,6 +4613,19 @@ def stop_pidfile_bustd(path, proc='/proc', timeout_s=KILL_WAIT_S):
     while os.path.exists('%s/%d' % (proc, pid)) and time.monotonic() < deadline:
         time.sleep(KILL_POLL_S * 5)
     return True
+
+
+def started_with_pidfile(cmdline, path):
+    """Return True if a NUL-separated command line has `--pidfile path` (a bustd that wrote it).
+
+    A word "bustd" anywhere is not enough: `tail -f /var/log/bustd.log`, or
+    the admin's `sudo python3 bustd.py --install` itself, may have been given
+    the pid of a bustd that died without removing its pidfile.
+    """
+    words = cmdline.split(b'\0')
+    want = os.fsencode(path)
+    return any(w == b'--pidfile=' + want or (w == b'--pidfile' and words[i + 1:i + 2] == [want])
+               for i, w in enumerate(words))
 
 
 def install_main(settings, out=None, euid=None):

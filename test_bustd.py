@@ -4136,6 +4136,24 @@ class StopPidfileTest(TempDirTest):
         self.assertFalse(bustd.stop_pidfile_bustd(pidfile))
         self.assertIsNone(other.poll())
 
+    def test_a_stale_pidfile_naming_a_process_that_mentions_bustd_stops_nothing(self):
+        # The pid of a bustd that died without removing its pidfile, now
+        # `tail -f /var/log/bustd.log` (or another bustd's pidfile).
+        pidfile = os.path.join(self.tmp, 'bustd.pid')
+        for args in (('-f', '/var/log/bustd.log'), ('--pidfile', pidfile + '.other'),
+                     ('--pidfile=/run/bustd.pid',)):
+            with self.subTest(args=args):
+                other = start_victim(*args)
+                self.addCleanup(stop, other)
+                with open(pidfile, 'w') as f:
+                    f.write('%d\n' % other.pid)
+                self.assertFalse(bustd.stop_pidfile_bustd(pidfile))
+                self.assertIsNone(other.poll())
+        for text in ('-1', '0'):
+            with open(pidfile, 'w') as f:
+                f.write(text)
+            self.assertFalse(bustd.stop_pidfile_bustd(pidfile))
+
 
 if __name__ == '__main__':
     unittest.main()
