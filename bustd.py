@@ -2702,7 +2702,14 @@ class Metrics(object):
                 # /run/bustd is made by systemd (RuntimeDirectory=); elsewhere
                 # (OpenRC, runit, BusyBox) by bustd, one level only.
                 os.mkdir(os.path.dirname(self.path), 0o755)
-                os.chmod(os.path.dirname(self.path), 0o755)
+                # fchmod (our umask may be 077): a chmod by name would follow a
+                # symlink swapped in meanwhile by whoever may write the parent.
+                dir_fd = os.open(os.path.dirname(self.path),
+                                 os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                try:
+                    os.fchmod(dir_fd, 0o755)
+                finally:
+                    os.close(dir_fd)
                 log.info('--metrics-file: created %s' % os.path.dirname(self.path))
                 fd = open_new_file(tmp, 0o644)
             try:

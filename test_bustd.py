@@ -3588,6 +3588,29 @@ class MetricsTest(TempDirTest):
         self.assertEqual(stat.S_IMODE(os.stat(os.path.dirname(m.path)).st_mode), 0o755)
         self.assertIn('created %s' % os.path.dirname(m.path), sink.text())
 
+    def test_a_directory_swapped_for_a_symlink_after_mkdir_changes_no_mode(self):
+        # Whoever may write the parent renames bustd's new directory away and
+        # puts a symlink to a private file in its place, between mkdir and chmod.
+        secret = os.path.join(self.tmp, 'secret')
+        with open(secret, 'w') as f:
+            f.write('x\n')
+        os.chmod(secret, 0o600)
+        path = os.path.join(self.tmp, 'run-bustd', 'bustd.prom')
+        real_mkdir = os.mkdir
+
+        def mkdir_then_swap(name, mode=0o777):
+            real_mkdir(name, mode)
+            if name == os.path.dirname(path):
+                os.rename(name, name + '.moved')
+                os.symlink(secret, name)
+        os.mkdir = mkdir_then_swap
+        try:
+            log, sink = make_log()
+            bustd.Metrics(path, 'machine').write('x 1\n', log, 0.0)
+        finally:
+            os.mkdir = real_mkdir
+        self.assertEqual(stat.S_IMODE(os.stat(secret).st_mode), 0o600)
+
     def test_failing_write_is_one_throttled_warning(self):
         m = bustd.Metrics(os.path.join(self.tmp, 'missing', 'deeper', 'bustd.prom'), 'machine')
         log, sink = make_log()
