@@ -108,6 +108,12 @@ SWAP_FILL_RATE_KIB_S = 800 * 1024
 TERM_GRACE_S = 5.0      # SIGTERM -> SIGKILL if the victim is still alive
 KILL_WAIT_S = 10.0      # give up waiting for an exit after this long
 KILL_POLL_S = 0.010     # memory re-check interval while waiting
+# A group or cgroup kill holds at most this many pidfds (and at most a quarter
+# of the open-file limit); further members are checked by start time before
+# each signal.  A fork bomb's thousands would otherwise fill bustd's fd table
+# (1024 under systemd): every /proc read of the kill wait fails (blind), and
+# members past the limit are never signalled.
+PIDFDS_HELD_MAX = 256
 NO_VICTIM_RETRY_S = 1.0  # back-off when nothing may be killed
 # After a kill, watch memory come back for at most this long before choosing
 # again: an exit frees its memory before its pidfd polls readable, so this
@@ -157,6 +163,9 @@ PATTERN_TEXT_MAX = 1024
 # --ignore/--prefer/--avoid cannot blind bustd.  Names (15 characters) are
 # too short to need it.
 PATTERN_CPU_S = 0.05
+# A cgroup path in a log line, at most (users name the cgroups of their
+# delegated subtree: spaces, quotes and control characters included).
+PATH_TEXT_MAX = 1024
 # The default protected list protects a matching process only when it runs
 # as a system user (uid below this, login.defs' UID_MIN), or when its
 # executable is a root-owned file of that name: any user can rename a process.
@@ -2135,35 +2144,73 @@ class Target(object):
         self.members = members or [victim]
         self.pgrp = pgrp
         self.fds = {}
+        self.by_start_time = set()   # pids held without a pidfd (past pidfds_max, EMFILE)
+        self.fds_max = None
         self.error = None    # errno of the last failed signal
         self.cgroup = None   # a CgroupTarget's directory
 
     def open(self):
         """Take hold of the members; return False if none is still the scanned process."""
-        alive = 0
-        for m in self.members:
-            if self.calls.pidfd_open is not None:
-                try:
-                    fd = self.calls.pidfd_open(m.pid)
-                except OSError:
-                    continue
+        return sum(1 for m in self.members if self.hold(m)) > 0
+
+    def hold(self, m):
+        """Take hold of member m; return False if it is not the scanned process any more.
+
+        A pidfd while fewer than PIDFDS_HELD_MAX are held, else its start time,
+        checked again before each signal.
+        """
+        if self.calls.pidfd_open is not None and (not self.fds or
+                                                   len(self.fds) < self.pidfds_max()):
+            try:
+                fd = self.calls.pidfd_open(m.pid)
+            except OSError as exc:
+                if exc.errno not in (errno.EMFILE, errno.ENFILE):
+                    return False     # ESRCH: gone
+            else:
                 if not same_process(self.identity, m.pid, m.starttime):
                     os.close(fd)
-                    continue
+                    return False
                 self.fds[m.pid] = fd
-            elif not same_process(self.identity, m.pid, m.starttime):
-                continue
-            alive += 1
-        return alive > 0
+                return True
+        if not same_process(self.identity, m.pid, m.starttime):
+            return False
+        if self.calls.pidfd_open is not None:
+            self.by_start_time.add(m.pid)
+        return True
+
+    def pidfds_max(self):
+        """Return how many pidfds this target may hold (asked only of group and cgroup kills)."""
+        if self.fds_max is None:
+            self.fds_max = PIDFDS_HELD_MAX
+            try:
+                import resource
+                soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+                if soft != resource.RLIM_INFINITY:
+                    self.fds_max = max(1, min(PIDFDS_HELD_MAX, soft // 4))
+            except (ImportError, ValueError, OSError):
+                pass
+        return self.fds_max
 
     def is_alive(self, m):
         """Return True while member m has not exited."""
         fd = self.fds.get(m.pid)
         if fd is not None:
             return not _fd_readable(fd, 0)
-        if self.calls.pidfd_open is not None:
+        if self.calls.pidfd_open is not None and m.pid not in self.by_start_time:
             return False     # could not be opened: it was gone already
         return same_process(self.identity, m.pid, m.starttime)
+
+    def signal_member(self, m, sig):
+        """Signal member m through its pidfd, else after a start-time check; False if gone."""
+        fd = self.fds.get(m.pid)
+        if fd is not None:
+            self.calls.pidfd_send_signal(fd, sig)
+        elif (self.calls.pidfd_open is None or m.pid in self.by_start_time) and m.pid > 0 \
+                and same_process(self.identity, m.pid, m.starttime):
+            os.kill(m.pid, sig)
+        else:
+            return False
+        return True
 
     def alive_count(self):
         """Return how many members are still alive."""
@@ -2183,15 +2230,8 @@ class Target(object):
                 self.error = exc.errno
                 return False
         else:
-            m = self.victim
-            fd = self.fds.get(m.pid)
             try:
-                if fd is not None:
-                    self.calls.pidfd_send_signal(fd, sig)
-                elif self.calls.pidfd_open is None and m.pid > 0 and same_process(
-                        self.identity, m.pid, m.starttime):
-                    os.kill(m.pid, sig)
-                else:
+                if not self.signal_member(self.victim, sig):
                     self.error = errno.ESRCH
                     return False
             except OSError as exc:   # ESRCH: gone; EPERM: not ours, or an LSM said no
@@ -2236,17 +2276,8 @@ class Target(object):
             if pid in known:
                 continue
             p = read_process(self.proc, pid, page_kib)
-            if p is None or p.pgrp != self.pgrp or p.never:
+            if p is None or p.pgrp != self.pgrp or p.never or not self.hold(p):
                 continue
-            if self.calls.pidfd_open is not None:
-                try:
-                    fd = self.calls.pidfd_open(pid)
-                except OSError:
-                    continue
-                if not same_process(self.identity, pid, p.starttime):
-                    os.close(fd)
-                    continue
-                self.fds[pid] = fd
             self.members.append(p)
             added += 1
         return added
@@ -2256,6 +2287,7 @@ class Target(object):
         for fd in self.fds.values():
             os.close(fd)
         self.fds = {}
+        self.by_start_time = set()
 
 
 # --kill-cgroup: the victim's whole leaf cgroup (a service, an app scope, a
@@ -2271,15 +2303,17 @@ def victim_cgroup(proc, pid, version=None):
     (hybrid hosts keep services in the v1 memory hierarchy only), else the
     v1 memory hierarchy; `version` (the watched --cgroup's) forces one.
     """
-    mounts = parse_mountinfo_cgroups(
-        (read_file(proc + '/self/mountinfo', 1 << 20) or b'').decode('utf-8', 'replace'))
-    inner = parse_proc_cgroup(
-        (read_file('%s/%s/cgroup' % (proc, pid)) or b'').decode('utf-8', 'replace'))
+    # os.fsdecode: a cgroup's name is any bytes its (delegated) owner chose;
+    # decoded so, the path names that very directory (not U+FFFD's), and
+    # Python 3.6 in the C locale can still pass it to the kernel.
+    mounts = parse_mountinfo_cgroups(os.fsdecode(read_file(proc + '/self/mountinfo', 1 << 20)
+                                                 or b''))
+    inner = parse_proc_cgroup(os.fsdecode(read_file('%s/%s/cgroup' % (proc, pid)) or b''))
     keys = ('v2', 'v1') if version is None else ('v%d' % version,)
     found = None
     for key in keys:
-        if key in mounts and key in inner:
-            mountpoint, root = mounts[key]
+        if key in mounts and key in inner and '\0' not in mounts[key][0] + inner[key]:
+            mountpoint, root = mounts[key]     # (a NUL comes only from a fake tree)
             found = (_cgroup_dir(mountpoint, root, inner[key]), mountpoint, int(key[1]))
             if found[0] != os.path.normpath(mountpoint):
                 return found
@@ -2298,7 +2332,7 @@ def cgroup_kill_refusal(path, mountpoint, own_dir, watched_dir, members, has_chi
     if os.path.basename(path) == 'init.scope':
         return 'it is init.scope'
     if own_dir is not None and (own_dir == path or own_dir.startswith(path + '/')):
-        return "it holds bustd itself (bustd's cgroup is %s)" % own_dir
+        return "it holds bustd itself (bustd's cgroup is %s)" % printable(own_dir, PATH_TEXT_MAX)
     if watched_dir is not None and os.path.normpath(watched_dir) == path:
         return 'it is the watched --cgroup root'
     if has_children:
@@ -2334,20 +2368,43 @@ def make_cgroup_target(victim, calls, proc, policy, watched_dir=None, version=No
     path, mountpoint, version = found
     own = victim_cgroup(proc, 'self', version)
     page_kib = os.sysconf('SC_PAGE_SIZE') // 1024
-    members = []
+    members, unread = [], []
     for pid in cgroup_pids(path):
         p = read_process(proc, pid, page_kib)
         if p is not None:
             policy.classify(p)
             members.append(p)
+        else:
+            unread.append(pid)
     refusal = cgroup_kill_refusal(path, mountpoint, own and own[0], watched_dir, members,
                                   has_child_cgroups(path))
     if refusal is None and victim.pid not in set(m.pid for m in members):
         refusal = 'pid %d is not listed in its cgroup.procs' % victim.pid
+    if refusal is None and unread:
+        refusal = unchecked_member(proc, path, unread)
     if refusal is not None:
-        return None, '%s: %s' % (path, refusal)
+        return None, '%s: %s' % (printable(path, PATH_TEXT_MAX), refusal)
     members = [m for m in members if m.never != 'exiting']
     return CgroupTarget(victim, calls, proc, members, path, version), None
+
+
+def unchecked_member(proc, path, unread):
+    """Return why the cgroup may not be killed when members in `unread` could not be read.
+
+    cgroup.kill kills what bustd did not see as surely as what it did, so a
+    member still listed that could not be checked (hidepid hides it, its
+    entry is unreadable) may be a protected one.  Members that exited
+    meanwhile, and kernel threads (cgroup v1 lets them join; no signal
+    reaches them), are no reason.
+    """
+    listed = set(cgroup_pids(path))
+    for pid in unread:
+        if pid not in listed:
+            continue
+        stat = parse_stat(read_small('%s/%d/stat' % (proc, pid)) or b'')
+        if stat is None or not is_kernel_thread(stat):
+            return 'its member pid %d cannot be read in %s, so it was not checked' % (pid, proc)
+    return None
 
 
 class CgroupTarget(Target):
@@ -2379,16 +2436,8 @@ class CgroupTarget(Target):
         for m in self.members:
             if not self.is_alive(m):
                 continue
-            fd = self.fds.get(m.pid)
             try:
-                if fd is not None:
-                    self.calls.pidfd_send_signal(fd, sig)
-                elif self.calls.pidfd_open is None and m.pid > 0 and same_process(
-                        self.identity, m.pid, m.starttime):
-                    os.kill(m.pid, sig)
-                else:
-                    continue
-                sent = True
+                sent = self.signal_member(m, sig) or sent
             except OSError as exc:
                 self.error = exc.errno
         return sent
@@ -2404,16 +2453,8 @@ class CgroupTarget(Target):
             p = read_process(self.proc, pid, page_kib)
             if p is None or p.never == 'exiting':
                 continue     # a zombie stays listed until its parent reaps it
-            if self.calls.pidfd_open is not None:
-                try:
-                    fd = self.calls.pidfd_open(pid)
-                except OSError:
-                    continue
-                if not same_process(self.identity, pid, p.starttime):
-                    os.close(fd)
-                    continue
-                self.fds[pid] = fd
-            self.members.append(p)
+            if self.hold(p):
+                self.members.append(p)
             added += 1
         return added
 
@@ -2865,6 +2906,22 @@ def prom_number(value):
     return repr(float(value))
 
 
+def open_new_file(path, mode):
+    """Open path for writing as a file this call creates; return the fd.
+
+    O_EXCL never follows a symlink: one planted at a predictable temporary
+    name (by whoever may write to the directory) would otherwise make root
+    overwrite its target.  A leftover (a crash, or such a symlink) is
+    removed, not followed, and the creation tried once more.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    try:
+        return os.open(path, flags, mode)
+    except FileExistsError:
+        os.unlink(path)
+        return os.open(path, flags, mode)
+
+
 class Metrics(object):
     """What --metrics-file reports: kills by signal and rule, the last kill, the reading."""
 
@@ -2928,18 +2985,36 @@ class Metrics(object):
         """Replace the file atomically (temp file in its directory + rename); True if written.
 
         A failure is one warning, repeated at most once per METRICS_WARN_EVERY_S.
+        Anything but a regular file (or a symlink) at the path is left alone:
+        the rename would replace it, and `--metrics-file /dev/null` would
+        turn the machine's /dev/null into a text file.
         """
+        import stat as stat_module
         tmp = '%s.%d.tmp' % (self.path, os.getpid())
         try:
             try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+                mode = os.lstat(self.path).st_mode
+            except FileNotFoundError:
+                mode = None
+            if mode is not None and not (stat_module.S_ISREG(mode) or stat_module.S_ISLNK(mode)):
+                raise OSError(errno.EEXIST, 'it is not a regular file, and each write replaces '
+                              'the file: give a path such as /run/bustd/bustd.prom')
+            try:
+                fd = open_new_file(tmp, 0o644)
             except FileNotFoundError:
                 # /run/bustd is made by systemd (RuntimeDirectory=); elsewhere
                 # (OpenRC, runit, BusyBox) by bustd, one level only.
                 os.mkdir(os.path.dirname(self.path), 0o755)
-                os.chmod(os.path.dirname(self.path), 0o755)
+                # fchmod (our umask may be 077): a chmod by name would follow a
+                # symlink swapped in meanwhile by whoever may write the parent.
+                dir_fd = os.open(os.path.dirname(self.path),
+                                 os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                try:
+                    os.fchmod(dir_fd, 0o755)
+                finally:
+                    os.close(dir_fd)
                 log.info('--metrics-file: created %s' % os.path.dirname(self.path))
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+                fd = open_new_file(tmp, 0o644)
             try:
                 os.fchmod(fd, 0o644)    # readable by node_exporter whatever our umask
                 os.write(fd, text.encode('utf-8'))
@@ -3822,14 +3897,30 @@ class Daemon(object):
         trigger = self.trigger()
         rule = self.rule
         signalled_at = [now]
+        # A SIGTERM between the signal and its log line would leave a kill
+        # that no log shows: it waits for the line (microseconds), then stops us.
+        flags = self.flags
+        deferred = [flags.interruptible]
+        flags.interruptible = False
+
+        def resume_stopping():
+            if deferred and deferred.pop():
+                flags.interruptible = True
+                if flags.stop:
+                    flags.interruptible = False
+                    raise Stopping(flags.stop)
 
         def announce():
             signalled_at[0] = self.clock()
             self.log.warning(kill_line(sig, victim, trigger, target.pgrp, target.cgroup))
             self.log.debug('chose pid %d because: %s' % (
                 victim.pid, describe_victim(victim, skipped, self.settings.sort_by_rss)))
-        result = kill_and_wait(target, sig, self.check_now, self.log, wait_s=self.kill_wait_s,
-                               announce=announce)
+            resume_stopping()
+        try:
+            result = kill_and_wait(target, sig, self.check_now, self.log,
+                                   wait_s=self.kill_wait_s, announce=announce)
+        finally:
+            resume_stopping()     # when no signal went out (announce never ran)
         if result.signal and self.metrics is not None:
             self.metrics.count_kill(result.signal, rule, signalled_at[0] - now)
         return result
@@ -3991,7 +4082,7 @@ def kill_line(sig, victim, trigger, pgrp=None, cgroup=None):
     return ('kill: %s %s%spid=%d uid=%d name="%s" oom_score=%d oom_score_adj=%d rss=%s '
             'cmdline="%s" %s' % (
                 SIGNAL_NAMES.get(sig, sig), '' if pgrp is None else 'pgrp=%d ' % pgrp,
-                '' if cgroup is None else 'cgroup=%s ' % printable(cgroup),
+                '' if cgroup is None else 'cgroup="%s" ' % printable(cgroup, PATH_TEXT_MAX),
                 victim.pid, victim.uid, printable(victim.name), victim.oom_score,
                 victim.oom_score_adj, format_kib(victim.rss_kib).replace(' ', ''),
                 printable(victim.cmdline or '', 300), trigger))
@@ -4563,6 +4654,9 @@ def check_protects_something(settings):
 # and OPTIONS_FILE its etc/default/bustd, byte for byte (a test compares them).
 INSTALL_BIN = '/usr/local/sbin/bustd'
 INSTALL_PIDFILE = '/run/bustd.pid'
+# The start of this file's docstring: what --uninstall removes has it (Rust
+# bustd, or the admin's own script, at the same path is left alone).
+INSTALLED_MARK = b'bustd.py - an early userspace out-of-memory killer'
 INIT_SYSTEMS = ('systemd', 'openrc', 'runit', 'busybox', 'none')
 
 SYSTEMD_UNIT = '''\
@@ -4791,7 +4885,9 @@ def install_options(argv):
         if name.startswith('--') and len(name) > 3 and any(o.startswith(name) for o in with_value):
             skip = '=' not in token
             continue
-        if re.search(r'[\s\'"\\`]|\$[\w{(]', token):
+        # $NAME, ${..}, $(..) and the special parameters ($$, $?, $*, ...) expand in
+        # the shell that sources OpenRC's and runit's options files.
+        if re.search(r'[\s\'"\\`]|\$[\w{($?!#*@-]', token):
             raise UsageError('argument --install: %r cannot be written to an options file '
                              '(no spaces, quotes, backslashes or $NAME); write patterns '
                              'without them, e.g. -u sshd|postgres' % token)
@@ -4951,7 +5047,7 @@ def uninstall_plan(flavour, root):
     if flavour == 'busybox':
         steps.append(InstallStep('say', text='remove the ::respawn:%s line from /etc/inittab '
                                  'yourself, if you added it' % INSTALL_BIN))
-    steps.append(InstallStep('remove', at + INSTALL_BIN))
+    steps += _remove_program(at + INSTALL_BIN)
     if flavour != 'systemd' and os.path.exists(at + DEFAULT_LOG_FILE):
         steps.append(InstallStep('say', text='left %s%s (bustd\'s log)' % (at, DEFAULT_LOG_FILE)))
     return steps
@@ -4964,6 +5060,15 @@ def _remove_generated(path, text):
         return [InstallStep('remove', path)]
     return [InstallStep('say', text='left %s: it differs from what --install writes '
                         '(edited?); remove it yourself' % path)]
+
+
+def _remove_program(path):
+    """Remove the installed copy of bustd.py; keep (and say so) any other program there."""
+    head = read_file(path, 4096)
+    if head is None or INSTALLED_MARK in head:
+        return [InstallStep('remove', path)]
+    return [InstallStep('say', text='left %s: it is not a bustd.py that --install wrote (another '
+                        'bustd?); remove it yourself' % path)]
 
 
 def _remove_options(path, template):
@@ -4979,11 +5084,12 @@ def _remove_options(path, template):
                         'yourself' % path)]
 
 
-def run_install_steps(steps, dry_run, out, proc='/proc', run=None):
+def run_install_steps(steps, dry_run, out, proc='/proc', run=None, root='/'):
     """Carry out (or with dry_run only print) the steps; return the exit status.
 
     Each step prints one line before it acts.  The first failure stops
-    the run with exit status 1.
+    the run with exit status 1, and so does a path of the tree at `root`
+    whose directory resolves outside it.
     """
     def say(text):
         out.write(text + '\n')
@@ -4993,12 +5099,23 @@ def run_install_steps(steps, dry_run, out, proc='/proc', run=None):
         if step.kind == 'say':
             say(step.text)
             continue
+        escape = step.path and root_escape(step.path, root)
+        if escape:
+            say('%s: --root %s: %s resolves to %s, outside the tree (a symlink in it); '
+                'not touching it: fix the link or give --root a tree without it' % (
+                    PROG, root, os.path.dirname(step.path), escape))
+            return EXIT_ENV
         if step.kind == 'write':
             say('%swrite %s (mode %o)' % (prefix, step.path, step.mode))
         elif step.kind == 'link':
             say('%slink %s -> %s' % (prefix, step.path, step.data))
         elif step.kind in ('remove', 'rmdir'):
             if not os.path.lexists(step.path):
+                continue
+            others = step.kind == 'rmdir' and not dry_run and foreign_entries(step.path)
+            if others:
+                say('left %s: it holds %s, not written by --install; remove it yourself'
+                    % (step.path, ', '.join(others)))
                 continue
             say('%sremove %s' % (prefix, step.path))
         elif step.kind == 'run':
@@ -5015,13 +5132,41 @@ def run_install_steps(steps, dry_run, out, proc='/proc', run=None):
     return EXIT_OK
 
 
+def root_escape(path, root):
+    """Return where path's directory really is when that is outside root, else None.
+
+    An image's absolute symlink (etc/systemd -> /etc/systemd) means its own
+    /etc inside the image, but here it is the host's: --install would write
+    (and --uninstall remove) files of the machine it runs on.
+    """
+    real_root = os.path.realpath(root)
+    parent = os.path.realpath(os.path.dirname(path))
+    if real_root == '/' or parent == real_root or parent.startswith(real_root + '/'):
+        return None
+    return parent
+
+
+def foreign_entries(path):
+    """Return the names in directory path that stop its removal (runsv's supervise/ does not)."""
+    if path.endswith('/supervise') or os.path.islink(path):
+        return []
+    try:
+        return sorted(os.listdir(path))
+    except OSError:
+        return []
+
+
 def _do_install_step(step, proc, run):
     if step.kind == 'write':
         write_atomically(step.path, step.data, step.mode)
     elif step.kind == 'link':
         os.makedirs(os.path.dirname(step.path), exist_ok=True)
         tmp = '%s.%d.tmp' % (step.path, os.getpid())
-        os.symlink(step.data, tmp)
+        try:
+            os.symlink(step.data, tmp)
+        except FileExistsError:      # a leftover of an interrupted run
+            os.unlink(tmp)
+            os.symlink(step.data, tmp)
         os.rename(tmp, step.path)
     elif step.kind == 'remove':
         os.unlink(step.path)
@@ -5052,7 +5197,7 @@ def write_atomically(path, data, mode):
     """Write data (str or bytes) to path through a temporary file renamed over it."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = '%s.%d.tmp' % (path, os.getpid())
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    fd = open_new_file(tmp, mode)
     try:
         os.fchmod(fd, mode)
         os.write(fd, data if isinstance(data, bytes) else data.encode('utf-8'))
@@ -5065,9 +5210,9 @@ def write_atomically(path, data, mode):
 def stop_pidfile_bustd(path, proc='/proc', timeout_s=KILL_WAIT_S):
     """SIGTERM the bustd a pidfile names (nothing if none runs); wait until it has exited."""
     pid = read_int(path)
-    if pid is None or pid == os.getpid():
+    if pid is None or not 0 < pid <= PID_MAX_LIMIT or pid == os.getpid():
         return False
-    if b'bustd' not in (read_file('%s/%d/cmdline' % (proc, pid), 4096) or b''):
+    if not started_with_pidfile(read_file('%s/%d/cmdline' % (proc, pid), 1 << 16) or b'', path):
         return False      # a stale pidfile naming some other process now
     try:
         os.kill(pid, signal.SIGTERM)
@@ -5077,6 +5222,19 @@ def stop_pidfile_bustd(path, proc='/proc', timeout_s=KILL_WAIT_S):
     while os.path.exists('%s/%d' % (proc, pid)) and time.monotonic() < deadline:
         time.sleep(KILL_POLL_S * 5)
     return True
+
+
+def started_with_pidfile(cmdline, path):
+    """Return True if a NUL-separated command line has `--pidfile path` (a bustd that wrote it).
+
+    A word "bustd" anywhere is not enough: `tail -f /var/log/bustd.log`, or
+    the admin's `sudo python3 bustd.py --install` itself, may have been given
+    the pid of a bustd that died without removing its pidfile.
+    """
+    words = cmdline.split(b'\0')
+    want = os.fsencode(path)
+    return any(w == b'--pidfile=' + want or (w == b'--pidfile' and words[i + 1:i + 2] == [want])
+               for i, w in enumerate(words))
 
 
 def install_main(settings, out=None, euid=None):
@@ -5108,7 +5266,7 @@ def install_main(settings, out=None, euid=None):
     out.write('%s: %s%s for %s %s %s\n' % (
         PROG, settings.install, ' (dry run)' if settings.dry_run else '', flavour,
         'into' if settings.install == 'install' else 'from', root))
-    return run_install_steps(steps, settings.dry_run, out)
+    return run_install_steps(steps, settings.dry_run, out, root=root)
 
 
 # ============================================================================

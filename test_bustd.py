@@ -1961,7 +1961,7 @@ class KillCgroupTest(TempDirTest):
         self.assertEqual(self.wait_empty(cgroup, leader), [], sink.text())
         self.assertEqual(leader.returncode, -sig)
         self.assertIsNone(bystander.poll())
-        self.assertIn('kill: %s cgroup=%s pid=' % (bustd.SIGNAL_NAMES[sig], cgroup.path),
+        self.assertIn('kill: %s cgroup="%s" pid=' % (bustd.SIGNAL_NAMES[sig], cgroup.path),
                       sink.text())
         self.assertIn('exited: pid=', sink.text())
 
@@ -2013,6 +2013,70 @@ class KillCgroupTest(TempDirTest):
         sink = self.run_daemon()
         self.assertEqual(reap(leader), -signal.SIGTERM)
         self.assertIn('--kill-cgroup: not killing cgroup %s: it holds %d sshd (default: sshd)'
+                      % (cgroup.path, kids[0]), sink.text())
+        self.assertEqual(sorted(cgroup.pids()), sorted(kids))    # every other member lives
+
+    def test_more_members_than_free_fds_are_all_signalled(self):
+        # A fork bomb's cgroup: one pidfd per member would fill bustd's fd
+        # table, after which no /proc read works and the rest are never signalled.
+        import resource
+        cgroup = KillCgroup(2)
+        leader = subprocess.Popen([sys.executable, '-c', textwrap.dedent('''
+            import os, time
+            with open('/proc/self/oom_score_adj', 'w') as f:
+                f.write('1000')
+            for i in range(60):
+                if os.fork() == 0:
+                    while True:
+                        time.sleep(1)
+            print('ready', flush=True)
+            while True:
+                time.sleep(1)
+            ''')], stdout=subprocess.PIPE, preexec_fn=cgroup.join())
+
+        def cleanup():
+            cgroup.remove()
+            leader.wait()
+            leader.stdout.close()
+        self.addCleanup(cleanup)
+        self.assertEqual(leader.stdout.readline(), b'ready\n')
+        self.assertEqual(len(cgroup.pids()), 61)
+        log, sink = make_log()
+        victim = bustd.read_process('/proc', leader.pid, os.sysconf('SC_PAGE_SIZE') // 1024)
+        target, refusal = bustd.make_cgroup_target(
+            victim, bustd.load_kernel_calls(), '/proc', bustd.Policy(settings('/proc')))
+        self.assertIsNone(refusal)
+        limits = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE,
+                           (len(os.listdir('/proc/self/fd')) + 30, limits[1]))
+        readable = []
+
+        def check():
+            readable.append(bustd.read_file('/proc/meminfo') is not None)
+            return signal.SIGTERM
+        try:
+            self.assertTrue(target.open())
+            try:
+                result = bustd.kill_and_wait(target, signal.SIGTERM, check, log, wait_s=5)
+            finally:
+                target.close()
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+        self.assertTrue(result.exited, result.note)
+        self.assertNotIn(False, readable)
+        self.assertEqual(self.wait_empty(cgroup, leader), [])
+        self.assertEqual(leader.returncode, -signal.SIGTERM)
+
+    def test_a_member_that_cannot_be_read_means_the_victim_dies_alone(self):
+        # As under hidepid: listed in cgroup.procs, absent from bustd's /proc.
+        # cgroup.kill would kill it unchecked (it might be a protected one).
+        cgroup = KillCgroup(2)
+        leader, kids = self.start_service(cgroup)
+        os.unlink(os.path.join(self.proc.root, str(kids[0])))
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=300 * MIB)
+        sink = self.run_daemon()
+        self.assertEqual(reap(leader), -signal.SIGKILL)
+        self.assertIn('--kill-cgroup: not killing cgroup %s: its member pid %d cannot be read'
                       % (cgroup.path, kids[0]), sink.text())
         self.assertEqual(sorted(cgroup.pids()), sorted(kids))    # every other member lives
 
@@ -3895,6 +3959,98 @@ class HostileProcTest(TempDirTest):
         fields = dict(w.split('=', 1) for w in shlex.split(line.split(': ', 1)[1]) if '=' in w)
         self.assertEqual((fields['pid'], fields['uid']), ('10', str(os.getuid())))
 
+    def test_a_cgroup_name_cannot_forge_fields_of_the_kill_line_or_the_refusal(self):
+        # A user names the cgroups of a delegated subtree (user@UID.service) at will.
+        hostile = 'x pid=1 uid=0 name="init" \x1b[2J'
+        cg = os.path.join(self.tmp, 'cg')
+        os.makedirs(os.path.join(cg, hostile))
+        self.proc.write('self/mountinfo', ('30 20 0:26 / %s rw - cgroup2 cgroup2 rw\n'
+                                           % cg).encode())
+        self.proc.write('%d/cgroup' % FAKE_PID, ('0::/%s\n' % hostile).encode())
+        self.proc.add(FAKE_PID, oom_score=900)
+        s = settings(self.proc)
+        p = bustd.scan_processes(s.proc, bustd.Policy(s))[0]
+        line = bustd.kill_line(signal.SIGKILL, p, 'trigger', cgroup=os.path.join(cg, hostile))
+        import shlex
+        words = shlex.split(line.split(': ', 1)[1])
+        self.assertEqual([w for w in words if w.startswith(('pid=', 'uid='))],
+                         ['pid=%d' % FAKE_PID, 'uid=%d' % os.getuid()])
+        self.assertIn('cgroup=%s' % os.path.join(cg, hostile).replace('\x1b', '\\x1b'), words)
+        self.assertNotIn('\x1b', line)
+        # No cgroup.procs lists the victim: refused, and the path is escaped there too.
+        target, refusal = bustd.make_cgroup_target(p, no_kernel_calls(), s.proc, bustd.Policy(s))
+        self.assertIsNone(target)
+        self.assertIn('not listed in its cgroup.procs', refusal)
+        self.assertNotIn('\x1b', refusal)
+        self.assertIn('x pid=1 uid=0 name=\\"init\\" \\x1b[2J', refusal)
+        refusal = bustd.cgroup_kill_refusal(cg + '/a', cg, cg + '/a/' + hostile, None, [], False)
+        self.assertNotIn('\x1b', refusal)
+
+    def test_kill_cgroup_survives_hostile_mountinfo_and_cgroup_files(self):
+        # An exception here would repeat on every poll: no kill, ever.
+        import random
+        rnd = random.Random(12)
+        cg = os.path.join(self.tmp, 'cg')
+        good_mountinfo = ('30 20 0:26 / %s rw - cgroup2 cgroup2 rw\n31 20 0:27 / %s1 rw - '
+                          'cgroup cgroup rw,memory\n' % (cg, cg)).encode()
+        good_cgroup = b'0::/a/b\n4:memory:/x\n'
+        pieces = [b'0::', b'/', b'..', b'\0', b'\xff', b' - ', b'cgroup2', b'memory', b'\n',
+                  b':', b'\\040', b'//', b' ']
+        self.proc.add(FAKE_PID, oom_score=900)
+        s = settings(self.proc)
+        policy = bustd.Policy(s)
+        p = bustd.scan_processes(s.proc, policy)[0]
+        cases = [(good_mountinfo, b'0::/a/b\0\n'), (good_mountinfo.replace(b'/cg', b'/c\0g'),
+                                                     good_cgroup)]
+        for _ in range(400):
+            texts = [bytearray(good_mountinfo), bytearray(good_cgroup)]
+            for text in texts:
+                for _ in range(rnd.randint(0, 4)):
+                    at = rnd.randint(0, len(text))
+                    text[at:at] = rnd.choice(pieces)
+                if rnd.random() < 0.2:
+                    del text[rnd.randint(0, len(text)):]
+            cases.append(tuple(bytes(t) for t in texts))
+        for mountinfo, cgroup in cases:
+            self.proc.write('self/mountinfo', mountinfo)
+            self.proc.write('%d/cgroup' % FAKE_PID, cgroup)
+            try:
+                target, refusal = bustd.make_cgroup_target(p, no_kernel_calls(), s.proc, policy)
+            except Exception as exc:
+                self.fail('%r with mountinfo %r, cgroup %r' % (exc, mountinfo, cgroup))
+            self.assertIsNone(target)     # no such directory holds the victim
+            self.assertTrue(refusal)
+
+    def test_a_cgroup_name_in_any_bytes_is_the_victims_own_directory(self):
+        # Not UTF-8, and not ASCII: Python 3.6 in the C locale (a service
+        # without LANG) raised UnicodeEncodeError on every attempt: no kill.
+        name = b'caf\xc3\xa9-\xff'
+        cg = os.path.join(self.tmp, 'cg')
+        os.makedirs(os.path.join(os.fsencode(cg), name))
+        with open(os.path.join(os.fsencode(cg), name, b'cgroup.procs'), 'w') as f:
+            f.write('%d\n' % FAKE_PID)
+        self.proc.write('self/mountinfo', ('30 20 0:26 / %s rw - cgroup2 cgroup2 rw\n'
+                                           % cg).encode())
+        self.proc.write('%d/cgroup' % FAKE_PID, b'0::/' + name + b'\n')
+        self.proc.add(FAKE_PID, oom_score=900)
+        code = textwrap.dedent('''
+            import os, sys
+            sys.path.insert(0, %r)
+            import bustd
+            s = bustd.Settings(proc=%r)
+            p = bustd.scan_processes(s.proc, bustd.Policy(s))[0]
+            target, refusal = bustd.make_cgroup_target(p, bustd.KernelCalls(), s.proc,
+                                                       bustd.Policy(s))
+            print(refusal or 'target %%s' %% bustd.printable(target.cgroup))
+            print(os.fsencode(target.cgroup) == os.path.join(os.fsencode(%r), %r))
+            ''' % (HERE, self.proc.root, cg, name))
+        for env in ({'PATH': os.environ.get('PATH', '/usr/bin:/bin')}, dict(os.environ)):
+            with self.subTest(lang=env.get('LANG')):
+                out = subprocess.run([sys.executable, '-c', code], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, universal_newlines=True, env=env)
+                self.assertEqual(out.returncode, 0, out.stderr)
+                self.assertEqual(out.stdout.split('\n')[1:], ['True', ''], out.stdout)
+
     def test_a_backtracking_pattern_cannot_blind_the_scan(self):
         import re
         self.proc.add(FAKE_PID, oom_score=900, cmdline=b'a' * 60 + b'!\0')
@@ -4052,6 +4208,45 @@ class PromptStopTest(TempDirTest):
             d.wait()
             return None
         return time.monotonic() - start
+
+    def test_sigterm_right_after_the_signal_still_logs_the_kill_line(self):
+        # The daemon's own handlers, in this process: SIGTERM arrives between
+        # the victim's signal and its log line (systemctl stop during an OOM).
+        child = start_victim()
+        self.addCleanup(stop, child)
+        self.proc.link(child.pid)
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=700 * MIB)
+        calls = bustd.load_kernel_calls()
+        if calls.pidfd_send_signal is None:
+            self.skipTest('no pidfds here')
+        real_send = calls.pidfd_send_signal
+
+        def send_then_sigterm(fd, sig):
+            real_send(fd, sig)
+            os.kill(os.getpid(), signal.SIGTERM)
+        calls.pidfd_send_signal = send_then_sigterm
+        log, sink = make_log()
+        s = settings(self.proc)
+        sensor = bustd.MachineSensor(s.proc)
+        sensor.check()
+        d = bustd.Daemon(s, sensor, bustd.Policy(s), calls, log)
+        d.start()
+        saved = dict((n, signal.getsignal(n)) for n in (signal.SIGTERM, signal.SIGINT,
+                                                         signal.SIGHUP, signal.SIGUSR1))
+        fd = bustd.install_signal_handlers(d.flags)
+        try:
+            d.flags.interruptible = True
+            with self.assertRaises(bustd.Stopping):
+                d.step()
+        finally:
+            d.flags.interruptible = False
+            for n, handler in saved.items():
+                signal.signal(n, handler)
+            signal.set_wakeup_fd(-1)
+            os.close(fd)
+        self.assertEqual(reap(child), -signal.SIGTERM)
+        self.assertIn('kill: SIGTERM pid=%d ' % child.pid, sink.text())
+        self.assertEqual(d.flags.stop, signal.SIGTERM)
 
     def test_sigterm_during_a_kill_wait(self):
         child = start_victim('ignore-term')
@@ -4396,6 +4591,44 @@ class MetricsTest(TempDirTest):
             self.assertEqual(reader.read(), '# HELP a A.\n# TYPE a gauge\na 1\n')
         self.assertEqual(read_text(path), '# HELP a A.\n# TYPE a gauge\na 2\n')
 
+    def test_a_symlink_planted_at_the_temporary_name_is_not_followed(self):
+        # Whoever may write to the directory (node_exporter's user owns the
+        # textfile directory on many systems) can guess PATH.PID.tmp.
+        path = os.path.join(self.tmp, 'bustd.prom')
+        target = os.path.join(self.tmp, 'precious')
+        with open(target, 'w') as f:
+            f.write('precious\n')
+        os.symlink(target, '%s.%d.tmp' % (path, os.getpid()))
+        m = bustd.Metrics(path, 'machine')
+        log, sink = make_log()
+        self.assertTrue(m.write('# HELP a A.\n# TYPE a gauge\na 1\n', log, 0.0))
+        self.assertEqual(read_text(target), 'precious\n')
+        self.assertFalse(os.path.islink(path))
+        self.assertEqual(read_text(path), '# HELP a A.\n# TYPE a gauge\na 1\n')
+        self.assertEqual([n for n in os.listdir(self.tmp) if 'tmp' in n], [])
+
+    def test_never_replaces_a_device_fifo_or_directory(self):
+        # `--metrics-file /dev/null` would have made /dev/null a text file.
+        made = {'fifo': os.mkfifo, 'dir': os.mkdir}
+        try:
+            os.mknod(os.path.join(self.tmp, 'null'), stat.S_IFCHR | 0o666, os.makedev(1, 3))
+        except OSError:
+            pass     # not root: the FIFO stands for it
+        for name in ('null', 'fifo', 'dir'):
+            path = os.path.join(self.tmp, name)
+            if name in made:
+                made[name](path)
+            elif not os.path.exists(path):
+                continue
+            with self.subTest(name=name):
+                before = os.lstat(path).st_mode
+                log, sink = make_log()
+                self.assertFalse(bustd.Metrics(path, 'machine').write('x 1\n', log, 0.0))
+                self.assertEqual(os.lstat(path).st_mode, before)
+                self.assertIn('--metrics-file: cannot write %s (it is not a regular file' % path,
+                              sink.text())
+        self.assertEqual([n for n in os.listdir(self.tmp) if 'tmp' in n], [])
+
     def test_makes_its_directory_one_level_deep(self):
         m = bustd.Metrics(os.path.join(self.tmp, 'run-bustd', 'bustd.prom'), 'machine')
         log, sink = make_log()
@@ -4406,6 +4639,29 @@ class MetricsTest(TempDirTest):
             os.umask(old)
         self.assertEqual(stat.S_IMODE(os.stat(os.path.dirname(m.path)).st_mode), 0o755)
         self.assertIn('created %s' % os.path.dirname(m.path), sink.text())
+
+    def test_a_directory_swapped_for_a_symlink_after_mkdir_changes_no_mode(self):
+        # Whoever may write the parent renames bustd's new directory away and
+        # puts a symlink to a private file in its place, between mkdir and chmod.
+        secret = os.path.join(self.tmp, 'secret')
+        with open(secret, 'w') as f:
+            f.write('x\n')
+        os.chmod(secret, 0o600)
+        path = os.path.join(self.tmp, 'run-bustd', 'bustd.prom')
+        real_mkdir = os.mkdir
+
+        def mkdir_then_swap(name, mode=0o777):
+            real_mkdir(name, mode)
+            if name == os.path.dirname(path):
+                os.rename(name, name + '.moved')
+                os.symlink(secret, name)
+        os.mkdir = mkdir_then_swap
+        try:
+            log, sink = make_log()
+            bustd.Metrics(path, 'machine').write('x 1\n', log, 0.0)
+        finally:
+            os.mkdir = real_mkdir
+        self.assertEqual(stat.S_IMODE(os.stat(secret).st_mode), 0o600)
 
     def test_failing_write_is_one_throttled_warning(self):
         m = bustd.Metrics(os.path.join(self.tmp, 'missing', 'deeper', 'bustd.prom'), 'machine')
@@ -4760,6 +5016,37 @@ class InstallTest(TempDirTest):
         self.assertIn('left %s' % options, out.stdout)
         self.assertIn('left %s' % unit, out.stdout)
 
+    def test_uninstall_leaves_a_runit_directory_with_files_of_the_admins(self):
+        # runit's usual log service: /etc/sv/bustd/log/run, added by the admin.
+        root = self.root('runit')
+        self.install(root, '--init', 'runit')
+        os.makedirs(os.path.join(root, 'etc/sv/bustd/log'))
+        with open(os.path.join(root, 'etc/sv/bustd/log/run'), 'w') as f:
+            f.write('#!/bin/sh\nexec svlogd -tt /var/log/bustd\n')
+        os.makedirs(os.path.join(root, 'etc/sv/bustd/supervise'))    # runsv's, removed
+        open(os.path.join(root, 'etc/sv/bustd/supervise/stat'), 'w').close()
+        out = run_cli('--uninstall', '--root', root, '--init', 'runit')
+        self.assertEqual(out.returncode, 0, out.stdout + out.stderr)
+        self.assertEqual(tree(root), {'etc/sv/bustd/log/run': ('file', 0o644)})
+        self.assertIn('left %s/etc/sv/bustd: it holds log, not written by --install'
+                      % root, out.stdout)
+        self.assertIn('remove %s/usr/local/sbin/bustd' % root, out.stdout)
+
+    def test_uninstall_leaves_a_program_it_did_not_write(self):
+        for flavour in ('systemd', 'none'):
+            with self.subTest(flavour=flavour):
+                root = self.root(flavour)
+                other = os.path.join(root, 'usr/local/sbin/bustd')
+                os.makedirs(os.path.dirname(other))
+                with open(other, 'w') as f:
+                    f.write('#!/bin/sh\nexec /opt/rust-bustd/bustd "$@"\n')
+                out = run_cli('--uninstall', '--root', root, '--init', flavour)
+                self.assertEqual(out.returncode, 0, out.stdout + out.stderr)
+                self.assertEqual(read_text(other), '#!/bin/sh\nexec /opt/rust-bustd/bustd "$@"\n')
+                self.assertIn('left %s: it is not a bustd.py that --install wrote' % other,
+                              out.stdout)
+                self.assertNotIn('remove %s' % other, out.stdout)
+
     def test_uninstall_reports_the_options_it_removes(self):
         root = self.root('systemd')
         self.install(root, '--init', 'systemd', '-m', '15,8')
@@ -4832,6 +5119,42 @@ class InstallTest(TempDirTest):
         self.assertEqual(sorted(tree(root)), ['a'])
         self.assertIn('failed: systemctl exited with status 1', out.getvalue())
 
+    def test_a_symlink_in_the_tree_never_leads_outside_it(self):
+        # An image's absolute symlink means its own /etc, but here it is the host's.
+        host = os.path.join(self.tmp, 'host')
+        os.makedirs(host)
+        for action in ('--install', '--uninstall'):
+            for extra in ((), ('--dry-run',)):
+                with self.subTest(action=action, extra=extra):
+                    root = os.path.join(self.tmp, 'image' + action + ''.join(extra))
+                    os.makedirs(os.path.join(root, 'etc'))
+                    os.symlink(host, os.path.join(root, 'etc', 'systemd'))
+                    if action == '--uninstall':
+                        os.makedirs(os.path.join(host, 'system'), exist_ok=True)
+                        with open(os.path.join(host, 'system', 'bustd.service'), 'w') as f:
+                            f.write(bustd.SYSTEMD_UNIT)
+                    out = run_cli(action, '--root', root, '--init', 'systemd', *extra)
+                    self.assertEqual(out.returncode, 1, out.stdout + out.stderr)
+                    self.assertIn('--root %s: %s/etc/systemd/system' % (root, root), out.stdout)
+                    self.assertIn('resolves to %s/system' % host, out.stdout)
+                    self.assertIn('outside the tree (a symlink in it); not touching it',
+                                  out.stdout)
+                    self.assertEqual(sorted(tree(host)), [] if action == '--install'
+                                     else ['system/bustd.service'])
+
+    def test_a_symlink_planted_at_the_temporary_name_is_not_followed(self):
+        root = self.root('none')
+        target = os.path.join(self.tmp, 'precious')
+        with open(target, 'w') as f:
+            f.write('precious\n')
+        os.makedirs(os.path.join(root, 'usr/local/sbin'))
+        os.symlink(target, os.path.join(root, 'usr/local/sbin/bustd.%d.tmp' % os.getpid()))
+        out = io.StringIO()
+        steps = bustd.install_plan('none', root, (), b'program')
+        self.assertEqual(bustd.run_install_steps(steps, False, out), 0)
+        self.assertEqual(read_text(target), 'precious\n')
+        self.assertEqual(tree(root), {'usr/local/sbin/bustd': ('file', 0o755)})
+
     def test_refuses_without_root(self):
         for action in ('--install', '--uninstall'):
             with self.subTest(action=action):
@@ -4853,6 +5176,27 @@ class InstallTest(TempDirTest):
                 out = run_cli(*args)
                 self.assertEqual(out.returncode, 2, out.stderr)
                 self.assertIn(message, out.stderr)
+
+    def test_the_shell_gives_the_daemon_exactly_the_options_given(self):
+        # OpenRC and runit source their options files in sh: what it cannot
+        # carry unchanged ($$ is the shell's pid) is refused.
+        for value in ('a$$', 'x$?', 'a$*', '$!', 'a$#', '$@', 'a$-', 'a$1'):
+            with self.subTest(value=value):
+                with self.assertRaises(bustd.UsageError):
+                    bustd.install_options(['--install', '--prefer', value])
+        if not shutil.which('sh'):
+            self.skipTest('no sh here')
+        given = ['--prefer', '^(a|b)$', '-u', 'a;b', '--avoid', 'a|b&c>d$|e$', '--ignore', '#x*']
+        for flavour, conf, expand in (
+                ('openrc', 'etc/conf.d/bustd', 'eval set -- $BUSTD_ARGS'),
+                ('runit', 'etc/sv/bustd/conf', 'set -f; set -- $BUSTD_ARGS')):
+            with self.subTest(flavour=flavour):
+                root = self.root(flavour)
+                self.install(root, '--init', flavour, *given)
+                out = subprocess.run(['sh', '-c', '. "$0"; %s; printf "%%s\\n" "$@"' % expand,
+                                      os.path.join(root, conf)], stdout=subprocess.PIPE,
+                                     universal_newlines=True)
+                self.assertEqual(out.stdout.split('\n')[:-1], given)
 
     def test_install_options_drop_the_installers_own_flags(self):
         cases = [
@@ -4888,6 +5232,24 @@ class StopPidfileTest(TempDirTest):
             f.write('%d\n' % other.pid)
         self.assertFalse(bustd.stop_pidfile_bustd(pidfile))
         self.assertIsNone(other.poll())
+
+    def test_a_stale_pidfile_naming_a_process_that_mentions_bustd_stops_nothing(self):
+        # The pid of a bustd that died without removing its pidfile, now
+        # `tail -f /var/log/bustd.log` (or another bustd's pidfile).
+        pidfile = os.path.join(self.tmp, 'bustd.pid')
+        for args in (('-f', '/var/log/bustd.log'), ('--pidfile', pidfile + '.other'),
+                     ('--pidfile=/run/bustd.pid',)):
+            with self.subTest(args=args):
+                other = start_victim(*args)
+                self.addCleanup(stop, other)
+                with open(pidfile, 'w') as f:
+                    f.write('%d\n' % other.pid)
+                self.assertFalse(bustd.stop_pidfile_bustd(pidfile))
+                self.assertIsNone(other.poll())
+        for text in ('-1', '0'):
+            with open(pidfile, 'w') as f:
+                f.write(text)
+            self.assertFalse(bustd.stop_pidfile_bustd(pidfile))
 
 
 if __name__ == '__main__':
