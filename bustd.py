@@ -77,9 +77,12 @@ POLL_CEILING_S = 3.0
 LIMIT_REFRESH_S = 1.0   # cgroup limits are re-read at most this often
 # The fill-rate model: calibrated at start-up by faulting in CALIBRATE_KIB
 # of fresh memory at C speed (4 KiB pages, then transparent huge pages), the
-# best of CALIBRATE_REPEATS.  One thread measured, FILL_SAFETY x that per
-# pair of CPUs assumed: on a 2-core host two C threads fault 1.5x as fast as
-# one (3.3 vs 2.2 GB/s), so the factor 2 covers the parallel hog with margin.
+# best of CALIBRATE_REPEATS: one thread at C speed into free memory, which a
+# real hog (its own work per page, fragmentation, reclaim near the levels)
+# does not beat; in the lab's 1 GiB guest the calibration says 1.1 GiB/s
+# and the fastest C hog drops memory at 0.25-0.4 GB/s.  FILL_SAFETY x that
+# per pair of CPUs is assumed: on a 2-core host two C threads fault 1.5x as
+# fast as one (3.3 vs 2.2 GB/s), so 1.5 covers a hog on both CPUs.
 # Never assumed slower than FILL_FLOOR_KIB_S (a calibration disturbed by a
 # busy moment), nor faster than FILL_CAP_KIB_S, the old universal figure
 # (8 GiB/s): the model only ever lengthens the old schedule's sleeps where
@@ -87,7 +90,7 @@ LIMIT_REFRESH_S = 1.0   # cgroup limits are re-read at most this often
 # between two polls faster than the model raises the rate at once.
 CALIBRATE_KIB = 16 * 1024
 CALIBRATE_REPEATS = 3
-FILL_SAFETY = 2.0
+FILL_SAFETY = 1.5
 FILL_FLOOR_KIB_S = 512 * 1024
 FILL_CAP_KIB_S = 8 * 1024 * 1024
 LEARNED_FORGET_S = 10.0   # a learned rate is kept this long after it was last seen
@@ -657,9 +660,12 @@ class MachineSensor(object):
         zoneinfo = read_file(self.proc + '/zoneinfo', 1 << 20)
         if zoneinfo:
             page_kib = os.sysconf('SC_PAGE_SIZE') // 1024
-            # Doubled: watermark boosts move the reserve at run time, and a
-            # larger reserve only means more exact reads, never a miss.
-            self.reserve_kib = 2 * parse_zoneinfo_reserve_kib(zoneinfo, page_kib)
+            # Not doubled any more: the poll schedule plans with this bound, and
+            # a doubled reserve (155 of 954 MiB on a 1 GiB box) halved every
+            # idle sleep.  MemAvailable subtracts totalreserve_pages, set from
+            # the high watermarks when they are set up (boot, sysctl writes);
+            # zoneinfo's "high" adds any current boost, so this is no smaller.
+            self.reserve_kib = parse_zoneinfo_reserve_kib(zoneinfo, page_kib)
 
     def describe(self):
         """Return what the readings come from, for the start-up lines."""
@@ -1877,7 +1883,12 @@ class ArmedVictim(object):
             return fresh.never
         if member_pids is not None and fresh.pid not in member_pids:
             return 'it left the watched cgroup'
-        policy.classify(fresh)
+        if fresh.name == old.name and fresh.uid == old.uid and not policy.match_cmdline:
+            # The rules see only the name and the owner: the ranking's verdict stands.
+            fresh.protected, fresh.preference = old.protected, old.preference
+            fresh.badness = fresh.oom_score + PREFER_ADJUST * fresh.preference
+        else:
+            policy.classify(fresh)
         if fresh.protected:
             return 'it is protected now (%s)' % fresh.protected
         dropped_kib = max(0, self.avail_kib - reading.mem_available_kib)
@@ -2903,8 +2914,11 @@ class Daemon(object):
             self.log.info('dry run: chose pid %d because: %s' % (
                 victim.pid, describe_victim(victim, skipped, s.sort_by_rss)))
             return sleep_time_s(self.reading, self.th, self.fill.rate_kib_s)
-        fields = victim_fields(victim, sig, self.reading, self.user_name)
+        # The facts for helpers name the user (a passwd lookup): not before the
+        # signal unless the -P hook needs them.
+        fields = None
         if self.notifier is not None and s.exec_before:
+            fields = victim_fields(victim, sig, self.reading, self.user_name)
             self.notifier.before_kill(fields, lambda: self.check_now() == signal.SIGKILL)
             sig = self.check_now()      # the hook took time: memory may have recovered
             if not sig:
@@ -2916,6 +2930,9 @@ class Daemon(object):
             fields = victim_fields(victim, sig, self.reading, self.user_name)
 
         def announce(sent_s):
+            nonlocal fields
+            if fields is None:
+                fields = victim_fields(victim, sig, self.reading, self.user_name)
             self.log.warning(kill_line(sig, victim, trigger, target.pgrp))
             self.log.debug('chose pid %d because: %s' % (
                 victim.pid, describe_victim(victim, skipped, s.sort_by_rss)))
