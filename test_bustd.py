@@ -1286,6 +1286,26 @@ class IdleLoopTest(TempDirTest):
         d.idle(0.01, 100.0)
         self.assertEqual(len(slept), 2)
 
+    def test_a_far_sleeper_is_released_whichever_way_the_loop_ends(self):
+        class Sleeper(object):
+            def __init__(self):
+                self.calls, self.released = 0, 0
+
+            def far(self, seconds):
+                self.calls += 1
+                return self.calls == 3        # a signal on the third sleep
+
+            def release(self):
+                self.released += 1
+        d, slept = self.daemon(lambda n, d: None)
+        d.far_sleep = Sleeper()
+        d.idle(0.01, 100.0)
+        self.assertEqual((d.far_sleep.calls, d.far_sleep.released), (3, 1))
+        d.far_sleep = Sleeper()
+        d.idle(0.6, 1.0)                          # the budget ends it
+        self.assertEqual((d.far_sleep.calls, d.far_sleep.released), (2, 1))
+        self.assertEqual(slept, [])               # the plain sleep is for full steps
+
     def test_the_loop_uses_the_idle_path_only_far_from_the_levels(self):
         calls = []
 
@@ -2548,6 +2568,56 @@ class HelpersTest(TempDirTest):
         self.assertEqual(waiter.woken_by, 'broken')
         waiter(0.05)
         self.assertIsNone(waiter.woken_by)       # unregistered: a plain sleep again
+
+    def far_waiter(self):
+        """A Waiter whose far() waits for SIGUSR1; the test's own handler counts it."""
+        got = []
+        old = signal.signal(signal.SIGUSR1, lambda signum, frame: got.append(signum))
+        self.addCleanup(signal.signal, signal.SIGUSR1, old)
+        waiter = bustd.Waiter()
+        waiter.watch_signals_far((signal.SIGUSR1,))
+        if waiter.far_signals is None:
+            self.skipTest('no sigtimedwait here')
+        return waiter, got
+
+    def test_far_sleep_ends_on_a_signal_and_its_handler_still_runs(self):
+        waiter, got = self.far_waiter()
+        timer = threading.Timer(0.1, signal.pthread_kill,
+                                (threading.main_thread().ident, signal.SIGUSR1))
+        timer.start()
+        self.addCleanup(timer.join)
+        started = time.monotonic()
+        self.assertTrue(waiter.far(5.0))
+        self.assertLess(time.monotonic() - started, 2.0)
+        self.assertEqual(got, [])                          # held until release()
+        self.assertIn(signal.SIGUSR1, signal.pthread_sigmask(signal.SIG_BLOCK, []))
+        waiter.release()
+        self.assertTrue(wait_until(lambda: got == [signal.SIGUSR1], 2))
+        self.assertNotIn(signal.SIGUSR1, signal.pthread_sigmask(signal.SIG_BLOCK, []))
+
+    def test_far_sleep_sleeps_its_time_and_leaves_signals_unblocked(self):
+        waiter, got = self.far_waiter()
+        started = time.monotonic()
+        self.assertFalse(waiter.far(0.05))
+        self.assertFalse(waiter.far(0.05))
+        self.assertGreaterEqual(time.monotonic() - started, 0.1)
+        waiter.release()
+        self.assertEqual(got, [])
+        self.assertNotIn(signal.SIGUSR1, signal.pthread_sigmask(signal.SIG_BLOCK, []))
+
+    def test_far_sleep_polls_when_an_event_fd_matters_there(self):
+        import select
+        waiter, got = self.far_waiter()
+        r, w = os.pipe()
+        self.addCleanup(os.close, r)
+        self.addCleanup(os.close, w)
+        waiter.add(r, select.POLLIN, 'cgroup threshold', far=True)
+        os.write(w, b'x')
+        started = time.monotonic()
+        self.assertFalse(waiter.far(5.0))
+        self.assertLess(time.monotonic() - started, 2.0)
+        self.assertEqual(waiter.woken_by, 'cgroup threshold')
+        self.assertNotIn(signal.SIGUSR1, signal.pthread_sigmask(signal.SIG_BLOCK, []))
 
     def test_render_leaves_unknown_fields(self):
         self.assertEqual(bustd.render('{name} {nope}', {'name': 'x'}), 'x {nope}')
