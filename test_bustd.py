@@ -543,6 +543,15 @@ class FillModelTest(unittest.TestCase):
 # ----------------------------------------------------------------------------
 
 class MachineSensorTest(TempDirTest):
+    def test_the_reserve_is_the_kernels_not_doubled(self):
+        # The schedule plans with MemFree - reserve: a doubled reserve halved idle sleeps.
+        self.proc.write('zoneinfo', b'Node 0, zone   Normal\n        high     700\n'
+                                    b'        managed  500000\n        protection: (0, 300)\n')
+        sensor = bustd.MachineSensor(self.proc.root)
+        sensor.check()
+        sensor.read_reserve()
+        self.assertEqual(sensor.reserve_kib, 1000 * os.sysconf('SC_PAGE_SIZE') // 1024)
+
     def test_exact_reading(self):
         self.proc.meminfo(total_kib=8 * GIB, avail_kib=3 * GIB, swap_total_kib=GIB,
                           swap_free_kib=512 * MIB)
@@ -1367,6 +1376,23 @@ class PreArmedKillTest(RealKillTest):
         text = sink.text()
         self.assertIn('pre-armed pid %d python3 not used: it exited' % armed_pid, text)
         self.assertRegex(text, r'latency: [0-9.]+ ms .*\(full ranking\)')
+
+    def test_the_user_name_is_looked_up_after_the_signal(self):
+        # A passwd lookup may read a file evicted from the page cache: never before the kill.
+        child = self.victim()
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=700 * MIB)
+        calls = bustd.load_kernel_calls()
+        if calls.pidfd_send_signal is None:
+            self.skipTest('no pidfds here')
+        order = []
+        send = calls.pidfd_send_signal
+        calls.pidfd_send_signal = lambda fd, sig: order.append('signal') or send(fd, sig)
+        d, sink = self.daemon(calls)
+        d.user_name = lambda uid: order.append('user name') or str(uid)
+        d.notifier = bustd.Notifier(d.settings, bustd.Helpers(d.log), d.log, d.user_name, {})
+        d.step()
+        self.assertEqual(reap(child), -signal.SIGTERM)
+        self.assertEqual(order[:2], ['signal', 'user name'])
 
     def test_the_latency_line_is_only_printed_with_verbose(self):
         child = self.victim()
