@@ -1331,8 +1331,11 @@ class IdleLoopTest(TempDirTest):
         self.assertEqual([budget for _, budget in calls], [bustd.IDLE_STEP_EVERY_S] * 2)
 
 
-class PreArmedKillTest(RealKillTest):
+class PreArmedKillTest(TempDirTest):
     """The real kill path with a pre-armed victim: the test's own children only."""
+
+    daemon = RealKillTest.daemon     # the same fake /proc of real children
+    victim = RealKillTest.victim
 
     def test_the_pre_armed_victim_is_signalled_without_a_ranking(self):
         for calls in (bustd.load_kernel_calls(), no_kernel_calls()):
