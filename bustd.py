@@ -3391,7 +3391,8 @@ def build_parser():
     g.add_argument('--log-file', metavar='PATH', help='log to this file')
     g.add_argument('--syslog', action='store_true', help='log to syslog even in the foreground')
     g.add_argument('-V', '--verbose', action='store_true',
-                   help='debug output: every poll, and why each victim was chosen')
+                   help='debug output: every poll, why each victim was chosen, and the time '
+                        'from the deciding reading to the signal')
     g.add_argument('-r', '--report-interval', metavar='SECONDS', type=_arg_type(
         _seconds, 'SECONDS'), default=0.0, help='log a memory line every SECONDS (0 = off)')
     g.add_argument('--dry-run', '--dryrun', dest='dry_run', action='store_true',
