@@ -88,19 +88,49 @@ THRASH_GROWTH_WINDOW_S = 0.5   # growth is measured over this long (and lags by 
 THRASH_POLL_S = 0.1            # poll at least this often while tasks stall on memory
 THRASH_SAMPLE_S = 0.05         # keep at most one sample per this long (600 per window)
 
-# Polling.  The sleep is headroom / fill rate, clamped to [floor, ceiling].
-# Measured on a 2-core host: a C hog fills 2.2 GB/s with THP, 3.3 GB/s with
-# two threads, a Python hog 2.4 GB/s; 8 GiB/s leaves margin for big boxes.
-# The floor bounds how far a faster hog can overshoot a threshold between
-# two polls (3 GB/s x 10 ms = 30 MB); a poll costs ~10 us, so even polling
-# at the floor costs 0.1 % of a CPU, and only when memory is nearly gone.
-# The ceiling only binds with more than 24 GiB of headroom (the fill rate
-# bounds every sleep); a Python wake-up costs ~2x earlyoom's, so waking at
-# most every 3 s instead of 1 s keeps idle CPU at or below earlyoom's.
+# Polling.  The sleep is the time the headroom above the SIGTERM level lasts
+# at the fastest rate this machine can fill memory (see FillModel), clamped
+# to [floor, ceiling].  The floor bounds how far a faster hog can overshoot
+# a level between two polls (3 GB/s x 10 ms = 30 MB).  The ceiling keeps a
+# big idle box at or below earlyoom's idle CPU (one wake-up every 3 s).
 POLL_FLOOR_S = 0.010
 POLL_CEILING_S = 3.0
 LIMIT_REFRESH_S = 1.0   # cgroup limits are re-read at most this often
-MEM_FILL_RATE_KIB_S = 8 * 1024 * 1024
+# The fill-rate model: calibrated at start-up by faulting in CALIBRATE_KIB
+# of fresh memory at C speed (4 KiB pages, then transparent huge pages), the
+# best of CALIBRATE_REPEATS: one thread at C speed into free memory, which a
+# real hog (its own work per page, fragmentation, reclaim near the levels)
+# does not beat; in the lab's 1 GiB guest the calibration says 1.1 GiB/s
+# and the fastest C hog drops memory at 0.25-0.4 GB/s.  FILL_SAFETY x that
+# per pair of CPUs is assumed: on a 2-core host two C threads fault 1.5x as
+# fast as one (3.3 vs 2.2 GB/s), so 1.5 covers a hog on both CPUs.
+# Never assumed slower than FILL_FLOOR_KIB_S (a calibration disturbed by a
+# busy moment), nor faster than FILL_CAP_KIB_S, the old universal figure
+# (8 GiB/s): the model only ever lengthens the old schedule's sleeps where
+# this machine cannot fill that fast.  Readings teach it too: a drop seen
+# between two polls faster than the model raises the rate at once.
+CALIBRATE_KIB = 16 * 1024
+CALIBRATE_REPEATS = 3
+FILL_SAFETY = 1.5
+FILL_FLOOR_KIB_S = 512 * 1024
+FILL_CAP_KIB_S = 8 * 1024 * 1024
+LEARNED_FORGET_S = 10.0   # a learned rate is kept this long after it was last seen
+# Idle wake-ups (readings far from every level) run a short loop: one
+# poll(2), one cheap reading, the schedule; the full step (thresholds,
+# reports, helpers, the watchdog, a warm victim) at least this often.
+IDLE_STEP_EVERY_S = 1.0
+
+# The pre-armed victim.  Within ARM_BAND_PERCENT of the total above the
+# SIGTERM level (or in the exact-reading band, if wider) the processes are
+# ranked ahead of time, at most every ARM_REFRESH_S and never more than
+# 1/ARM_COST_FACTOR of the time (a slow ranking on a box with thousands of
+# processes), and the victim is held by its pidfd.  A kill then validates
+# it with a few reads of its own /proc files instead of ranking again; a
+# ranking older than ARM_MAX_AGE_S is never used.
+ARM_BAND_PERCENT = 5.0
+ARM_REFRESH_S = 0.25
+ARM_COST_FACTOR = 20
+ARM_MAX_AGE_S = 1.0
 # Swap fills at the speed of the swap device; earlyoom's 800 MB/s is generous.
 SWAP_FILL_RATE_KIB_S = 800 * 1024
 
@@ -939,9 +969,12 @@ class MachineSensor(Sensor):
         zoneinfo = read_file(self.proc + '/zoneinfo', 1 << 20)
         if zoneinfo:
             page_kib = os.sysconf('SC_PAGE_SIZE') // 1024
-            # Doubled: watermark boosts move the reserve at run time, and a
-            # larger reserve only means more exact reads, never a miss.
-            reserve = 2 * parse_zoneinfo_reserve_kib(zoneinfo, page_kib)
+            # Not doubled any more: the poll schedule plans with this bound, and
+            # a doubled reserve (155 of 954 MiB on a 1 GiB box) halved every
+            # idle sleep.  MemAvailable subtracts totalreserve_pages, set from
+            # the high watermarks when they are set up (boot, sysctl writes);
+            # zoneinfo's "high" adds any current boost, so this is no smaller.
+            reserve = parse_zoneinfo_reserve_kib(zoneinfo, page_kib)
             if 0 <= reserve < self.mem_total_kib:
                 self.reserve_kib = reserve
             else:   # a garbled zoneinfo: the cheap bound would be a lie
@@ -1360,6 +1393,51 @@ def cgroup_lineage(path, name):
         path = parent
 
 
+def available_cpus():
+    """Return how many CPUs this process may run on (a hog may use as many)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def calibrate_fill_kib_s(size_kib=CALIBRATE_KIB, repeats=CALIBRATE_REPEATS,
+                         clock=time.monotonic):
+    """Return how fast (KiB/s) this process faults in fresh anonymous memory, or None.
+
+    One byte per page, written by C (an mmap slice assignment), as a C hog
+    does; the best of `repeats`, with 4 KiB pages and then with transparent
+    huge pages where madvise exists.  Run before mlockall: the memory is
+    returned at once.
+    """
+    import mmap
+    page = mmap.PAGESIZE
+    size = size_kib * 1024
+    ones = b'\1' * (size // page)
+    hugepage = getattr(mmap, 'MADV_HUGEPAGE', None)
+    best = 0.0
+    for advice in (None,) if hugepage is None else (None, hugepage):
+        for _ in range(repeats):
+            try:
+                # Private: a shared mapping is shmem, slower and without THP.
+                region = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
+            except (OSError, ValueError):
+                return best or None
+            try:
+                if advice is not None:   # mmap.madvise: Python 3.8
+                    getattr(region, 'madvise')(advice)
+                start = clock()
+                region[::page] = ones
+                elapsed = clock() - start
+            except (OSError, ValueError):
+                elapsed = 0
+            finally:
+                region.close()
+            if elapsed > 0:
+                best = max(best, size_kib / elapsed)
+    return best or None
+
+
 # ============================================================================
 # Policy (when): pure functions of a reading and the thresholds
 # ============================================================================
@@ -1599,14 +1677,61 @@ def describe_trigger(reading, th, trend=None):
     return text
 
 
-def sleep_time_s(reading, th, floor_s=POLL_FLOOR_S, ceiling_s=POLL_CEILING_S):
+class FillModel(object):
+    """The fastest rate (KiB/s) at which memory may fill here: the schedule's worst case.
+
+    base_kib_s comes from the start-up calibration (see FILL_SAFETY and the
+    constants above); rate_kib_s is what the schedule uses: the base, or a
+    faster fill seen in the readings during the last LEARNED_FORGET_S.
+    """
+    __slots__ = ('calibrated_kib_s', 'cpus', 'base_kib_s', 'rate_kib_s', 'learned_until_s')
+
+    def __init__(self, calibrated_kib_s=None, cpus=1):
+        self.calibrated_kib_s = calibrated_kib_s
+        self.cpus = cpus
+        if calibrated_kib_s:
+            self.base_kib_s = min(FILL_CAP_KIB_S, max(
+                FILL_FLOOR_KIB_S, FILL_SAFETY * calibrated_kib_s * max(1.0, cpus / 2.0)))
+        else:   # not calibrated: the universal worst case
+            self.base_kib_s = FILL_CAP_KIB_S
+        self.rate_kib_s = self.base_kib_s
+        self.learned_until_s = 0.0
+
+    def learn(self, dropped_kib, elapsed_s, now_s):
+        """Account for a drop of dropped_kib over elapsed_s seen at now_s; return rate_kib_s.
+
+        A drop faster than the model sets the rate to FILL_SAFETY x that
+        speed (no cap: the machine just proved it can), for LEARNED_FORGET_S.
+        """
+        if dropped_kib > 0 and elapsed_s > 0:
+            seen_kib_s = FILL_SAFETY * dropped_kib / elapsed_s
+            if seen_kib_s > self.rate_kib_s:
+                self.rate_kib_s = seen_kib_s
+                self.learned_until_s = now_s + LEARNED_FORGET_S
+                return seen_kib_s
+        if self.rate_kib_s != self.base_kib_s and now_s >= self.learned_until_s:
+            self.rate_kib_s = self.base_kib_s
+        return self.rate_kib_s
+
+    def describe(self):
+        """Return the model in words, for the start-up lines."""
+        if not self.calibrated_kib_s:
+            return 'worst-case fill %s/s (not calibrated)' % format_kib(self.base_kib_s)
+        return ('worst-case fill %s/s (calibrated %s/s on one CPU, x%g safety, %d CPUs; '
+                'floor %s/s, cap %s/s; raised by faster drops seen)' % (
+                    format_kib(self.base_kib_s), format_kib(self.calibrated_kib_s),
+                    FILL_SAFETY, self.cpus, format_kib(FILL_FLOOR_KIB_S),
+                    format_kib(FILL_CAP_KIB_S)))
+
+
+def sleep_time_s(reading, th, fill_kib_s, floor_s=POLL_FLOOR_S, ceiling_s=POLL_CEILING_S):
     """Return how long the headroom above the SIGTERM levels lasts at worst-case fill rates.
 
-    Both memory and swap must fill before the memory rule fires, so the two
-    times add up (earlyoom's model).  Clamped to [floor_s, ceiling_s].
+    fill_kib_s is the memory fill rate (FillModel.rate_kib_s).  Both memory
+    and swap must fill before the memory rule fires, so the two times add up
+    (earlyoom's model).  Clamped to [floor_s, ceiling_s].
     """
-    mem_headroom = max(0, reading.mem_available_kib - th.mem_term_kib)
-    seconds = mem_headroom / float(MEM_FILL_RATE_KIB_S)
+    seconds = max(0, reading.mem_available_kib - th.mem_term_kib) / fill_kib_s
     if reading.swap_total_kib:
         swap_headroom = max(0, reading.swap_free_kib - th.swap_term_kib)
         seconds += swap_headroom / float(SWAP_FILL_RATE_KIB_S)
@@ -2491,8 +2616,9 @@ def kill_and_wait(target, sig, check, log, grace_s=TERM_GRACE_S, wait_s=KILL_WAI
                   clock=time.monotonic, announce=None):
     """Signal the target and wait for it to exit, escalating SIGTERM to SIGKILL.
 
-    `announce()` runs right after the first signal: the kill's log line is
-    written then, not before, because a hog fills memory while we format.
+    `announce(sent_s)` runs right after the first signal (sent at clock()
+    time sent_s): the kill's log line is written then, not before, because
+    a hog fills memory while we format.
     `check()` returns what memory calls for now (0, SIGTERM, SIGKILL): it
     escalates at once to SIGKILL, and after grace_s a victim that ignored
     SIGTERM is killed if memory is still low.  Returns a KillResult; never
@@ -2502,10 +2628,11 @@ def kill_and_wait(target, sig, check, log, grace_s=TERM_GRACE_S, wait_s=KILL_WAI
     if not target.send(sig):
         return KillResult(False, 0, 0.0, 'gone before the signal' if target.error == errno.ESRCH
                           else 'cannot signal it: %s' % os.strerror(target.error or 0))
+    sent_s = clock()
     if sig == signal.SIGKILL:
         target.release_memory()
     if announce is not None:
-        announce()
+        announce(sent_s)
     while True:
         if target.wait(KILL_POLL_S):
             # Members forked after the scan are signalled too (group kills).
@@ -2528,6 +2655,102 @@ def kill_and_wait(target, sig, check, log, grace_s=TERM_GRACE_S, wait_s=KILL_WAI
                                   'memory recovered; left running after SIGTERM')
         if elapsed >= wait_s:
             return KillResult(False, sig, elapsed, 'still alive after %.0f s' % elapsed)
+
+
+def lead_metric(p, sort_by_rss):
+    """Return the number a victim must keep ahead of the others on: badness, or RSS in KiB."""
+    if sort_by_rss:
+        return p.preference * (1 << 50) + p.rss_kib    # --prefer first, then the largest
+    return p.badness
+
+
+class ArmedVictim(object):
+    """A victim ranked ahead of time and held open, with what it takes to trust it later.
+
+    `runner_up` is the lead metric of the best other process that may be
+    killed (or of a process born since, with --prefer), `avail_kib` the
+    exact available memory at the ranking and `total_kib` the RAM + swap
+    that oom_score divides by.  No other process can have grown by more
+    than the drop of available memory since the ranking (short of memory
+    freed meanwhile by a third), so a victim whose fresh metric still
+    exceeds runner_up plus that drop is still the one a full ranking picks.
+    """
+    __slots__ = ('victim', 'skipped', 'target', 'runner_up', 'avail_kib', 'total_kib', 'at_s')
+
+    def __init__(self, target, skipped, runner_up, avail_kib, total_kib, at_s):
+        self.victim = target.victim
+        self.skipped = skipped
+        self.target = target
+        self.runner_up = runner_up
+        self.avail_kib = avail_kib
+        self.total_kib = total_kib
+        self.at_s = at_s
+
+    def refusal(self, proc, policy, reading, member_pids, now_s):
+        """Return why the victim may not be signalled now without a new ranking, or None.
+
+        Re-reads the victim's stat, oom_score, oom_score_adj and owner, so
+        the kernel rules (init, exiting, -1000, bustd itself), the admin's
+        rules (a new name or owner) and the start time (a recycled pid)
+        apply to what it is now; on success self.victim is that fresh record.
+        """
+        if now_s - self.at_s > ARM_MAX_AGE_S:
+            return 'the ranking is %.2f s old' % (now_s - self.at_s)
+        if not reading.exact:
+            return 'no exact reading'
+        old = self.victim
+        fresh = read_process(proc, old.pid, os.sysconf('SC_PAGE_SIZE') // 1024)
+        if fresh is None:
+            return 'it exited'
+        if fresh.starttime != old.starttime:
+            return 'its pid was recycled'
+        if not self.target.alive_count():
+            return 'it exited'
+        if fresh.never:
+            return fresh.never
+        if member_pids is not None and fresh.pid not in member_pids:
+            return 'it left the watched cgroup'
+        if fresh.name == old.name and fresh.uid == old.uid and not policy.match_cmdline:
+            # The rules see only the name and the owner: the ranking's verdict stands.
+            fresh.protected, fresh.preference = old.protected, old.preference
+            fresh.badness = fresh.oom_score + PREFER_ADJUST * fresh.preference
+        else:
+            policy.classify(fresh)
+        if fresh.protected:
+            return 'it is protected now (%s)' % fresh.protected
+        dropped_kib = max(0, self.avail_kib - reading.mem_available_kib)
+        if policy.sort_by_rss:
+            bound = dropped_kib
+        else:    # oom_score is in thousandths of RAM + swap, truncated: +1
+            bound = -(-dropped_kib * 1000 // max(1, self.total_kib)) + 1
+        if lead_metric(fresh, policy.sort_by_rss) <= self.runner_up + bound:
+            return 'another process may have caught up (%d MiB used since the ranking)' % (
+                dropped_kib // 1024)
+        fresh.cmdline = old.cmdline if fresh.cmdline is None else fresh.cmdline
+        self.victim = fresh
+        return None
+
+
+def rank_for_arming(processes, policy):
+    """Return (victim or None, protected processes ahead of it, runner_up metric)."""
+    victim, skipped, runner = None, [], None
+    for p in rank_processes(processes, policy.sort_by_rss):
+        if p.never:
+            continue
+        if p.protected:
+            if victim is None:
+                skipped.append(p)
+            continue
+        if victim is not None:
+            runner = p
+            break
+        victim = p
+    # A process born after the ranking starts from nothing, or from --prefer's bonus.
+    born = 0
+    if policy.prefer is not None:
+        born = (1 << 50) if policy.sort_by_rss else PREFER_ADJUST
+    return victim, skipped, max(born, lead_metric(runner, policy.sort_by_rss)
+                                if runner is not None else 0)
 
 
 # ============================================================================
@@ -3606,10 +3829,20 @@ class Waiter(object):
         self.poller = select.poll()
         self.drains = {}
         self.woken_by = None
+        self.far_signals = None   # set by watch_signals_far()
+        self.far_events = False   # an event fd that matters far from the levels too
+        self.far_blocked = False
 
-    def add(self, fd, events, name, drain=True):
+    def add(self, fd, events, name, drain=True, far=False):
+        """Watch fd; `far`: it must also end sleeps far from every level (see far())."""
         self.poller.register(fd, events)
         self.drains[fd] = (name, drain)
+        self.far_events = self.far_events or far
+
+    def watch_signals_far(self, signums):
+        """Let far() wait for these signals alone, where the kernel offers sigtimedwait."""
+        if hasattr(signal, 'sigtimedwait') and hasattr(signal, 'pthread_sigmask'):
+            self.far_signals = tuple(signums)
 
     def __call__(self, seconds):
         self.woken_by = None
@@ -3630,6 +3863,36 @@ class Waiter(object):
                     os.read(fd, 512)
                 except OSError:
                     pass
+
+    def far(self, seconds):
+        """Sleep far from every level; return True if a signal ended it.
+
+        There the PSI trigger cannot matter (its rule needs memory near a
+        level), so the sleep is one rt_sigtimedwait(2) on the loop's signals,
+        which stay blocked from the first far() to release(): about 10 us of
+        CPU per wake-up less than poll(2) on the pipe and the trigger.  A signal
+        taken here is sent again, and its handler runs at release().  With
+        an event fd that matters here (a cgroup threshold), or without
+        sigtimedwait: the usual poll.
+        """
+        signums = self.far_signals
+        if signums is None or self.far_events:
+            self(seconds)
+            return False
+        if not self.far_blocked:
+            signal.pthread_sigmask(signal.SIG_BLOCK, signums)
+            self.far_blocked = True
+        info = signal.sigtimedwait(signums, seconds)
+        if info is None:
+            return False
+        os.kill(os.getpid(), info.si_signo)   # pending until release()
+        return True
+
+    def release(self):
+        """End a series of far() sleeps: unblock the signals (their handlers run now)."""
+        if self.far_blocked:
+            self.far_blocked = False
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, self.far_signals)
 
 
 class Throttle(object):
@@ -3658,7 +3921,8 @@ class Daemon(object):
     """The watch loop: read, decide, and act on one victim at a time."""
 
     def __init__(self, settings, sensor, policy, calls, log, notifier=None, helpers=None,
-                 service=None, clock=time.monotonic, sleep=time.sleep):
+                 service=None, clock=time.monotonic, sleep=time.sleep, fill=None,
+                 far_sleep=None):
         self.settings = settings
         self.sensor = sensor
         self.policy = policy
@@ -3669,6 +3933,7 @@ class Daemon(object):
         self.service = service
         self.clock = clock
         self.sleep = sleep
+        self.far_sleep = far_sleep   # the idle loop's sleeper: a Waiter (far, release)
         self.flags = Flags()
         self.reading = Reading()
         self.th = None
@@ -3688,6 +3953,12 @@ class Daemon(object):
         self.metrics = None         # --metrics-file: a Metrics
         self.trend = Trend()
         self.rule = None            # the rule behind the last decision (see KILL_RULES)
+        self.fill = fill or FillModel()
+        self.last_avail_kib, self.last_exact, self.last_s = 0, None, 0.0
+        self.far = False            # the last step's reading was far from every level
+        self.near_kib = -1          # at or below this available memory: near a level
+        self.armed = None
+        self.next_arm = 0.0
 
     # -- readings -------------------------------------------------------
     def start(self):
@@ -3702,6 +3973,8 @@ class Daemon(object):
                 and r.swap_total_kib == th.swap_total_kib:
             return False
         self.th = compute_thresholds(self.settings, r.mem_total_kib, r.swap_total_kib)
+        self.near_kib = max(self.th.trigger_kib,
+                            self.th.mem_term_kib + int(r.mem_total_kib * ARM_BAND_PERCENT / 100))
         if th is not None:
             self.log.info('totals changed: memory %s, swap %s; thresholds recomputed' % (
                 format_kib(r.mem_total_kib), format_kib(r.swap_total_kib)))
@@ -3752,9 +4025,17 @@ class Daemon(object):
                 self.write_metrics(now)
         if self.metrics is not None and now >= self.metrics.next_write_s:
             self.write_metrics(now)
-        delay = sleep_time_s(r, th)
+        delay = self.next_sleep_s(r, now)
         if self.trend.stalling:
             delay = min(delay, THRASH_POLL_S)   # measure the stall windows, do not guess them
+        # Above near_kib no rule can fire (every level, PSI's and --warn's too, is below).
+        self.far = r.mem_available_kib > self.near_kib
+        # Whole-group kills gather their members at the kill: nothing to pre-arm.
+        if not self.far and now >= self.next_arm and not (self.settings.kill_pgroup or
+                                                         self.settings.kill_cgroup):
+            self.arm(now)
+        elif self.far and self.armed is not None:
+            self.disarm()
         if self.log.verbose:
             self.log.debug('poll: %s mem_available=%s%s psi_some=%s stall=%dms left=%s -> '
                            'nothing; next in %.0f ms'
@@ -3763,6 +4044,96 @@ class Daemon(object):
                               self.trend.stall_ms(), 'never' if self.trend.left_s is None
                               else '%.1fs' % self.trend.left_s, delay * 1000))
         return delay
+
+    def next_sleep_s(self, r, now):
+        """Return the schedule's sleep after reading r at clock time now; learn from the drop."""
+        if r.exact == self.last_exact:
+            self.fill.learn(self.last_avail_kib - r.mem_available_kib, now - self.last_s, now)
+        self.last_avail_kib, self.last_exact, self.last_s = r.mem_available_kib, r.exact, now
+        return sleep_time_s(r, self.th, self.fill.rate_kib_s)
+
+    def schedule_s(self):
+        """Return the schedule's sleep for the current reading (no learning: not a poll)."""
+        return sleep_time_s(self.reading, self.th, self.fill.rate_kib_s)
+
+    def idle(self, delay_s, budget_s):
+        """Sleep delay_s, then keep polling cheaply while the readings stay far from every level.
+
+        The idle wake-up is one poll(2), one cheap reading and the schedule;
+        it returns to step() when a reading comes near a level or the
+        totals change, when a signal arrives, or after budget_s of sleep
+        (reports, helpers, the watchdog, limits).
+        """
+        far = self.far_sleep
+        flags, read, clock = self.flags, self.sensor.read, self.clock
+        wait = self.sleep if far is None else far.far
+        reading, th, near_kib = self.reading, self.th, self.near_kib
+        slept_s = 0.0
+        try:
+            while True:
+                if wait(delay_s):
+                    return         # a signal: its handler runs at release()
+                slept_s += delay_s
+                if slept_s >= budget_s or flags.stop or flags.hup or flags.usr1:
+                    return
+                r = read(reading, th)
+                if r.mem_available_kib <= near_kib or r.mem_total_kib != th.mem_total_kib \
+                        or r.swap_total_kib != th.swap_total_kib:
+                    return
+                delay_s = self.next_sleep_s(r, clock())
+        finally:
+            if far is not None:
+                far.release()
+
+    # -- the victim, ready before it is needed --------------------------------
+    def arm(self, now):
+        """Rank the processes now and hold the victim, so that a kill needs no ranking."""
+        s = self.settings
+        started = self.clock()
+        exact = self.sensor.read_exact(Reading(), self.th)
+        processes = [p for p in scan_processes(s.proc, self.policy, self.sensor.member_pids())
+                     if self.passed_over.get((p.pid, p.starttime), 0) <= now]
+        victim, skipped, runner_up = rank_for_arming(processes, self.policy)
+        old, self.armed = self.armed, None
+        if old is not None and (victim is None or old.victim.pid != victim.pid
+                                or old.victim.starttime != victim.starttime):
+            old.target.close()
+            old = None
+        if victim is not None and exact.exact:
+            if old is not None:
+                target = old.target
+                target.victim = target.members[0] = victim
+            else:
+                target = Target(victim, self.calls, s.proc)
+            if old is not None or target.open():
+                victim.cmdline = read_cmdline(s.proc, victim.pid)
+                self.armed = ArmedVictim(target, skipped, runner_up, exact.mem_available_kib,
+                                         exact.mem_total_kib + exact.swap_total_kib, now)
+        self.next_arm = now + max(ARM_REFRESH_S, ARM_COST_FACTOR * (self.clock() - started))
+
+    def disarm(self):
+        """Let go of the pre-armed victim."""
+        if self.armed is not None:
+            self.armed.target.close()
+            self.armed = None
+
+    def take_armed(self, now):
+        """Return the pre-armed victim if it is still valid for the current reading, else None."""
+        armed, self.armed = self.armed, None
+        if armed is None:
+            return None
+        victim = armed.victim
+        if self.passed_over.get((victim.pid, victim.starttime), 0) > now:
+            why = 'passed over after a failed kill'
+        else:
+            why = armed.refusal(self.settings.proc, self.policy, self.reading,
+                                self.sensor.member_pids(), now)
+        if why is None:
+            return armed
+        armed.target.close()
+        self.log.debug('pre-armed pid %d %s not used: %s; ranking again' % (
+            armed.victim.pid, printable(armed.victim.name), why))
+        return None
 
     def report_line(self):
         """Return the -r memory line (an exact reading)."""
@@ -3782,32 +4153,47 @@ class Daemon(object):
 
     # -- acting -------------------------------------------------------------
     def act(self, sig, now):
-        """Choose a victim and kill it; return the seconds to sleep afterwards."""
+        """Choose a victim and kill it; return the seconds to sleep afterwards.
+
+        `now` is the clock time of the reading that called for sig.  A victim
+        pre-armed near the level (see arm) is used when take_armed finds it
+        still valid for this very reading: no ranking and no re-read.
+        """
         if self.settings.dry_run and now < self.next_dry_run_log:
-            return sleep_time_s(self.reading, self.th)
+            return self.schedule_s()
         if self.capped(sig, now):
             return self.capped_sleep_s()
-        victim, skipped = self.choose(now)
-        if victim is None:
-            return NO_VICTIM_RETRY_S
-        sig = self.still_needed(victim)
-        if not sig:
-            return sleep_time_s(self.reading, self.th)
-        if victim.cmdline is None:
-            victim.cmdline = read_cmdline(self.settings.proc, victim.pid)
-        target = self.make_target(victim)
+        armed = self.take_armed(now)
+        if armed is not None:
+            victim, skipped, target, how = armed.victim, armed.skipped, armed.target, 'pre-armed'
+        else:
+            victim, skipped = self.choose(now)
+            if victim is None:
+                return NO_VICTIM_RETRY_S
+            sig = self.still_needed(victim)
+            if not sig:
+                return self.schedule_s()
+            if victim.cmdline is None:
+                victim.cmdline = read_cmdline(self.settings.proc, victim.pid)
+            target = self.make_target(victim)
+            how = 'full ranking'
         if self.settings.dry_run:
+            target.close()
             return self.dry_run_report(sig, victim, skipped, target, now)
-        if not target.open():
+        if armed is None and not target.open():
             return self.pass_over(victim, UNOPENABLE_RETRY_S, 'exited, was replaced or could '
                                   'not be opened before the signal', now)
         self.open_failures = 0
+        # The helpers' facts name the user (a passwd lookup): they are taken
+        # right after the signal (kill's announce), before it only for -P.
+        fields = {}
         try:
-            fields = victim_fields(victim, sig, self.reading, self.user_name)
-            sig = self.before_hook(victim, sig, fields)
-            if not sig:
-                return sleep_time_s(self.reading, self.th)
-            result = self.kill(target, sig, skipped, now)
+            if self.notifier is not None and self.settings.exec_before:
+                fields.update(victim_fields(victim, sig, self.reading, self.user_name))
+                sig = self.before_hook(victim, sig, fields)
+                if not sig:
+                    return self.schedule_s()
+            result = self.kill(target, sig, skipped, now, how, fields)
         finally:
             target.close()
         return self.after(victim, target, result, fields, now)
@@ -3828,9 +4214,9 @@ class Daemon(object):
         return True
 
     def capped_sleep_s(self):
-        """Return how long the headroom above the SIGKILL level lasts at the worst fill rate."""
+        """Return how long the headroom above the SIGKILL level lasts at the model's fill rate."""
         headroom = max(0, self.reading.mem_available_kib - self.th.mem_kill_kib)
-        return min(max(headroom / float(MEM_FILL_RATE_KIB_S), POLL_FLOOR_S), NO_VICTIM_RETRY_S)
+        return min(max(headroom / float(self.fill.rate_kib_s), POLL_FLOOR_S), NO_VICTIM_RETRY_S)
 
     def choose(self, now):
         """Return (victim or None, protected processes that outranked it); log when none."""
@@ -3862,7 +4248,7 @@ class Daemon(object):
             sig, victim, self.trigger(), target.pgrp, target.cgroup))
         self.log.info('dry run: chose pid %d because: %s' % (
             victim.pid, describe_victim(victim, skipped, self.settings.sort_by_rss)))
-        return sleep_time_s(self.reading, self.th)
+        return self.schedule_s()
 
     def pass_over(self, victim, for_s, why, now):
         """Leave victim out of the next choices for for_s; return a growing back-off.
@@ -3891,8 +4277,12 @@ class Daemon(object):
             fields.update(victim_fields(victim, sig, self.reading, self.user_name))
         return sig
 
-    def kill(self, target, sig, skipped, now):
-        """Signal the target, log the kill line, wait for the exit; return the KillResult."""
+    def kill(self, target, sig, skipped, now, how, fields):
+        """Signal the target, log the kill line, wait for the exit; return the KillResult.
+
+        `how` says how the victim was found (-V's latency line); `fields`, the
+        helpers' facts, is filled right after the signal when still empty.
+        """
         victim = target.victim
         trigger = self.trigger()
         rule = self.rule
@@ -3910,12 +4300,17 @@ class Daemon(object):
                     flags.interruptible = False
                     raise Stopping(flags.stop)
 
-        def announce():
-            signalled_at[0] = self.clock()
+        def announce(sent_s):
+            # kill_and_wait's sent_s is on the real clock; the loop's `now` on self.clock.
+            signalled_at[0] = sent_s = self.clock()
             self.log.warning(kill_line(sig, victim, trigger, target.pgrp, target.cgroup))
             self.log.debug('chose pid %d because: %s' % (
                 victim.pid, describe_victim(victim, skipped, self.settings.sort_by_rss)))
+            self.log.debug('latency: %.1f ms from the deciding reading to the signal (%s)'
+                           % ((sent_s - now) * 1000, how))
             resume_stopping()
+            if not fields:
+                fields.update(victim_fields(victim, sig, self.reading, self.user_name))
         try:
             result = kill_and_wait(target, sig, self.check_now, self.log,
                                    wait_s=self.kill_wait_s, announce=announce)
@@ -4021,7 +4416,11 @@ class Daemon(object):
         if service is not None:
             service.ping()
         if delay > 0 and not self.flags.stop:
-            self.sleep(min(delay, max_sleep_s))
+            # -V logs every poll, and running helpers are polled: both take full steps.
+            if self.far and not self.log.verbose and not (helpers and helpers.running):
+                self.idle(min(delay, max_sleep_s), min(IDLE_STEP_EVERY_S, max_sleep_s))
+            else:
+                self.sleep(min(delay, max_sleep_s))
 
     def handle_flags(self):
         """Act on SIGHUP (reopen the log) and SIGUSR1 (log a status)."""
@@ -4526,7 +4925,8 @@ def build_parser():
            type=_arg_type(_path, 'PATH', '/var/log/bustd.log'), help='log to this file')
     option(g, '--syslog', action='store_true', help='log to syslog even in the foreground')
     option(g, '-V', '--verbose', action='store_true',
-           help='debug output: every poll, and why each victim was chosen')
+           help='debug output: every poll, why each victim was chosen, and the time '
+                'from the deciding reading to the signal')
     option(g, '-r', '--report-interval', dest='report_interval_s', metavar='SECONDS',
            type=_arg_type(_seconds, 'SECONDS', '-r 3600'),
            help='log a memory line every SECONDS (0 = off)')
@@ -5347,9 +5747,9 @@ def startup_lines(settings, sensor, th, calls, features):
     else:
         lines.append('thrashing rule: off (%s)' % ('--thrash off' if sensor.has_psi
                                                    else 'no PSI here'))
-    lines.append('polling: adaptive %d..%d ms (worst-case fill %s/s); wake-ups: %s' % (
-        POLL_FLOOR_S * 1000, POLL_CEILING_S * 1000, format_kib(MEM_FILL_RATE_KIB_S),
-        features.get('wakeups', 'signals only')))
+    lines.append('polling: adaptive %d..%d ms, %s; wake-ups: %s' % (
+        POLL_FLOOR_S * 1000, POLL_CEILING_S * 1000,
+        features.get('fill', FillModel().describe()), features.get('wakeups', 'signals only')))
     lines.append('kernel features: sysinfo %s, MemAvailable %s, PSI %s, pidfd %s, '
                  'process_mrelease %s, ctypes %s' % tuple(_yes(x) for x in (
                      sensor.uses_sysinfo, sensor.has_mem_available, sensor.has_psi,
@@ -5574,11 +5974,12 @@ def serve(settings, sensor, policy, calls, caps, log, warnings, environ, report_
     service = ServiceManager(environ)
     waiter = Waiter()
     daemon = Daemon(settings, sensor, policy, calls, log, notifier, helpers, service,
-                    sleep=waiter)
+                    sleep=waiter, far_sleep=waiter)
     if flags is not None:   # signals that came during start-up are acted on
         flags.pid = os.getpid()   # the daemon's own: daemonize forked since
         daemon.flags = flags
     waiter.add(install_signal_handlers(daemon.flags), waiter.select.POLLIN, 'signal')
+    waiter.watch_signals_far((signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1))
     daemon.start()
     wakeups = []
     psi_fd, psi_how = open_psi_trigger(sensor.psi_path if sensor.has_psi else None)
@@ -5598,7 +5999,7 @@ def serve(settings, sensor, policy, calls, caps, log, warnings, environ, report_
         fd = sensor.threshold_event_fd(calls, th)
         if fd is not None:
             event_fds.append(fd)
-            waiter.add(fd, waiter.select.POLLIN, 'cgroup threshold')
+            waiter.add(fd, waiter.select.POLLIN, 'cgroup threshold', far=True)
     register_event(daemon.th)
     daemon.event_fd_hook = register_event
     if event_fds:
@@ -5613,6 +6014,9 @@ def serve(settings, sensor, policy, calls, caps, log, warnings, environ, report_
         describe_victim(victim, skipped, settings.sort_by_rss)
         kill_line(signal.SIGTERM, victim, daemon.trigger())
     del victim, skipped
+    # Calibrate while memory may still be returned: after mlockall it could not.
+    daemon.fill = FillModel(calibrate_fill_kib_s(), available_cpus())
+    features['fill'] = daemon.fill.describe()
     release_startup_memory(calls)
     features['mlock'] = lock_memory(calls, caps, log)
     for line in startup_lines(settings, sensor, daemon.th, calls, features):

@@ -699,13 +699,15 @@ class ThrashRuleTest(unittest.TestCase):
 
 
 class SleepTimeTest(unittest.TestCase):
+    FILL = 2.0 * GIB    # KiB/s
+
     def test_sleep_for_each_reading(self):
         th = bustd.compute_thresholds(bustd.Settings(), 16 * GIB, 0)
         th64 = bustd.compute_thresholds(bustd.Settings(), 64 * GIB, 0)
         th_swap = bustd.compute_thresholds(bustd.Settings(), 16 * GIB, 16 * GIB)
-        fill = float(bustd.MEM_FILL_RATE_KIB_S)
+        fill = self.FILL
         cases = [
-            ('far away', th, reading(16 * GIB, 15 * GIB), (15 * GIB - th.mem_term_kib) / fill),
+            ('far away', th, reading(16 * GIB, 5 * GIB), (5 * GIB - th.mem_term_kib) / fill),
             ('very far away: ceiling', th64, reading(64 * GIB, 60 * GIB), bustd.POLL_CEILING_S),
             ('at the threshold: floor', th, reading(16 * GIB, th.mem_term_kib), bustd.POLL_FLOOR_S),
             ('below: floor', th, reading(16 * GIB, 0), bustd.POLL_FLOOR_S),
@@ -717,21 +719,99 @@ class SleepTimeTest(unittest.TestCase):
         ]
         for name, thresholds, r, expected in cases:
             with self.subTest(name):
-                self.assertAlmostEqual(bustd.sleep_time_s(r, thresholds), expected, places=6)
+                self.assertAlmostEqual(bustd.sleep_time_s(r, thresholds, fill), expected, places=6)
 
     def test_a_hog_at_the_fill_rate_is_seen_at_each_level_before_it_passes_it(self):
-        # Simulate polling while memory drains at the worst-case fill rate: the
+        # Simulate polling while memory drains at the model's fill rate: the
         # SIGTERM level is seen within one floor sleep of being crossed, and so,
         # polling on, is the SIGKILL level.
         th = bustd.compute_thresholds(bustd.Settings(), 1 * GIB, 0)
         avail = float(1 * GIB)
-        rate = bustd.MEM_FILL_RATE_KIB_S
+        rate = bustd.FILL_CAP_KIB_S
         for level_kib, sig in ((th.mem_term_kib, signal.SIGTERM),
                                (th.mem_kill_kib, signal.SIGKILL)):
             while bustd.decide(reading(1 * GIB, int(avail)), th) != sig:
-                avail -= rate * bustd.sleep_time_s(reading(1 * GIB, int(avail)), th)
+                avail -= rate * bustd.sleep_time_s(reading(1 * GIB, int(avail)), th, rate)
             self.assertLessEqual(avail, level_kib)
             self.assertGreater(avail, level_kib - rate * bustd.POLL_FLOOR_S - 1)
+    def test_a_faster_model_sleeps_less(self):
+        th = bustd.compute_thresholds(bustd.Settings(), 1 * GIB, 0)
+        r = reading(1 * GIB, 300 * MIB)
+        self.assertAlmostEqual(bustd.sleep_time_s(r, th, 1 * GIB),
+                               2 * bustd.sleep_time_s(r, th, 2 * GIB), places=6)
+
+    def poll_until_decided(self, model_kib_s, hog_kib_s, total_kib=1 * GIB,
+                           start_kib=900 * MIB, learn=True):
+        """Drain memory at hog_kib_s, polling on the schedule; return (avail at the decision, th)."""
+        th = bustd.compute_thresholds(bustd.Settings(), total_kib, 0)
+        fill = bustd.FillModel()
+        fill.base_kib_s = fill.rate_kib_s = model_kib_s
+        avail, t, last, slept = float(start_kib), 0.0, None, 0.0
+        while True:
+            r = reading(total_kib, int(avail))
+            if bustd.decide(r, th):
+                return avail, th
+            if last is not None and learn:
+                fill.learn(last - avail, slept, t)
+            last = avail
+            slept = bustd.sleep_time_s(r, th, fill.rate_kib_s)
+            t += slept
+            avail -= hog_kib_s * slept
+
+    def test_a_hog_within_the_model_is_seen_above_the_sigterm_level_minus_one_floor(self):
+        for model, hog in ((8 * GIB, 8 * GIB), (1 * GIB, 1 * GIB), (1 * GIB, 300 * MIB)):
+            with self.subTest(model=model, hog=hog):
+                avail, th = self.poll_until_decided(model, hog)
+                self.assertGreater(avail, th.mem_term_kib - hog * bustd.POLL_FLOOR_S - 1)
+
+    def test_a_hog_faster_than_the_model_is_learned_from_the_readings(self):
+        # The model says 512 MiB/s, the hog fills 700 MiB/s from 3.5 GiB of
+        # 4 GiB: the first (ceiling) sleep shows the faster drop, and from
+        # then on the schedule keeps pace; unlearned, it would overshoot.
+        args = (512 * MIB, 700 * MIB, 4 * GIB, 3584 * MIB)
+        avail, th = self.poll_until_decided(*args)
+        self.assertGreater(avail, th.mem_term_kib - 700 * MIB * bustd.POLL_FLOOR_S - 1)
+        unlearned, th = self.poll_until_decided(*args, learn=False)
+        self.assertLess(unlearned, th.mem_term_kib - 100 * MIB)
+
+
+class FillModelTest(unittest.TestCase):
+    def test_base_rate_table(self):
+        cal = 500 * MIB
+        cases = [
+            ('not calibrated: the old universal figure', None, 2, bustd.FILL_CAP_KIB_S),
+            ('one CPU: safety x calibrated', cal, 1, bustd.FILL_SAFETY * cal),
+            ('two CPUs: the safety factor covers the pair', cal, 2, bustd.FILL_SAFETY * cal),
+            ('eight CPUs: x4 pairs', cal, 8, bustd.FILL_SAFETY * cal * 4),
+            ('slow calibration: floor', 10 * MIB, 2, bustd.FILL_FLOOR_KIB_S),
+            ('fast machine: capped at the old figure', 6 * GIB, 2, bustd.FILL_CAP_KIB_S),
+        ]
+        for name, calibrated, cpus, expected in cases:
+            with self.subTest(name):
+                model = bustd.FillModel(calibrated, cpus)
+                self.assertAlmostEqual(model.base_kib_s, expected)
+                self.assertEqual(model.rate_kib_s, model.base_kib_s)
+
+    def test_learning_raises_the_rate_and_forgets_it(self):
+        model = bustd.FillModel(500 * MIB, 2)
+        base = model.base_kib_s
+        self.assertEqual(model.learn(100 * MIB, 1.0, 5.0), base)      # slower than the model
+        self.assertEqual(model.learn(-500 * MIB, 0.1, 5.1), base)     # memory freed
+        fast = model.learn(1536 * MIB, 0.25, 6.0)                       # 6 GiB/s seen
+        self.assertEqual(fast, bustd.FILL_SAFETY * 6 * GIB)
+        self.assertGreater(fast, bustd.FILL_CAP_KIB_S)                 # seen beats the cap
+        self.assertEqual(model.learn(0, 1.0, 6.0 + bustd.LEARNED_FORGET_S - 0.1), fast)
+        self.assertEqual(model.learn(0, 1.0, 6.0 + bustd.LEARNED_FORGET_S), base)
+
+    def test_calibration_measures_a_rate(self):
+        kib_s = bustd.calibrate_fill_kib_s(size_kib=1024, repeats=1)
+        self.assertIsNotNone(kib_s)
+        self.assertGreater(kib_s, 0)
+
+    def test_calibration_uses_the_clock_it_is_given(self):
+        ticks = iter(range(100))
+        kib_s = bustd.calibrate_fill_kib_s(size_kib=1024, repeats=2, clock=lambda: next(ticks))
+        self.assertEqual(kib_s, 1024.0)    # every fault-in took one tick
 
 
 # ----------------------------------------------------------------------------
@@ -739,6 +819,15 @@ class SleepTimeTest(unittest.TestCase):
 # ----------------------------------------------------------------------------
 
 class MachineSensorTest(TempDirTest):
+    def test_the_reserve_is_the_kernels_not_doubled(self):
+        # The schedule plans with MemFree - reserve: a doubled reserve halved idle sleeps.
+        self.proc.write('zoneinfo', b'Node 0, zone   Normal\n        high     700\n'
+                                    b'        managed  500000\n        protection: (0, 300)\n')
+        sensor = bustd.MachineSensor(self.proc.root)
+        sensor.check()
+        sensor.read_reserve()
+        self.assertEqual(sensor.reserve_kib, 1000 * os.sysconf('SC_PAGE_SIZE') // 1024)
+
     def test_exact_reading(self):
         self.proc.meminfo(total_kib=8 * GIB, avail_kib=3 * GIB, swap_total_kib=GIB,
                           swap_free_kib=512 * MIB)
@@ -1374,7 +1463,7 @@ class RealKillTest(TempDirTest):
         reports = [m for _, m in sink.lines if m.startswith('mem avail:')]
         self.assertEqual(reports, ['mem avail: 6.0 GiB of 8.0 GiB (75.0%), swap free: 0 KiB '
                                    'of 0 KiB (0.0%), psi some avg10: 0.00'] * 2)
-        self.assertEqual(d.step(), bustd.sleep_time_s(d.reading, d.th))   # no report churn
+        self.assertEqual(d.step(), bustd.sleep_time_s(d.reading, d.th, d.fill.rate_kib_s))
 
     def test_a_signal_that_fails_is_no_kill_and_no_spin(self):
         child = self.victim()
@@ -1401,6 +1490,348 @@ class RealKillTest(TempDirTest):
         d.step()
         self.assertEqual(d.th.mem_term_kib, 16 * GIB // 10)
         self.assertIn('thresholds recomputed', sink.text())
+
+
+class PreArmedVictimTest(TempDirTest):
+    """The victim ranked ahead of time near a level, and its validation at the kill."""
+
+    PID = 4000101    # above this machine's pid_max, below the kernel's ceiling
+
+    def daemon(self, calls=None, **kw):
+        # A "self" naming bustd makes the tree bustd's own: pids are checked
+        # in it, not in the real /proc (where these do not exist).
+        link = os.path.join(self.proc.root, 'self')
+        if not os.path.lexists(link):
+            os.symlink(str(os.getpid()), link)
+        log, sink = make_log(verbose=True)
+        s = settings(self.proc, **kw)
+        sensor = bustd.MachineSensor(s.proc)
+        sensor.check()
+        now = [100.0]
+        d = bustd.Daemon(s, sensor, bustd.Policy(s), calls or no_kernel_calls(), log,
+                         clock=lambda: now[0], sleep=lambda seconds: None)
+        d.start()
+        return d, sink, now
+
+    def armed_in_a_fake_tree(self, **kw):
+        """Arm on a fake tree: the hog (PID) ahead of a runner-up at 300; return (daemon, log, clock)."""
+        self.proc.add(self.PID, 'hog', oom_score=600)
+        self.proc.add(self.PID + 1, 'other', oom_score=300)
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=1100 * MIB)      # 13.4 %: near
+        d, sink, now = self.daemon(**kw)
+        self.assertGreater(d.step(), 0)
+        self.assertIsNotNone(d.armed)
+        self.assertEqual(d.armed.victim.pid, self.PID)
+        self.assertEqual(d.armed.runner_up, 300)
+        return d, sink, now
+
+    def test_armed_only_near_a_level_and_let_go_when_far(self):
+        self.proc.add(self.PID, 'hog', oom_score=600)
+        d, sink, now = self.daemon()
+        d.step()                                                         # 75 %: far
+        self.assertIsNone(d.armed)
+        self.assertTrue(d.far)
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=1100 * MIB)
+        now[0] += 1
+        d.step()
+        self.assertEqual(d.armed.victim.pid, self.PID)
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=6 * GIB)
+        now[0] += 1
+        d.step()
+        self.assertIsNone(d.armed)
+
+    def test_rankings_are_rate_limited(self):
+        d, sink, now = self.armed_in_a_fake_tree()
+        first = d.armed
+        now[0] += bustd.ARM_REFRESH_S / 2
+        d.step()
+        self.assertIs(d.armed, first)                   # too soon: the same ranking
+        now[0] += bustd.ARM_REFRESH_S
+        d.step()
+        self.assertIsNot(d.armed, first)
+        self.assertEqual(d.armed.at_s, now[0])
+
+    def test_no_pre_arming_with_process_group_or_cgroup_kills(self):
+        for flag in ('kill_pgroup', 'kill_cgroup'):
+            with self.subTest(flag):
+                self.proc.add(self.PID, 'hog', oom_score=600)
+                self.proc.meminfo(total_kib=8 * GIB, avail_kib=1100 * MIB)
+                d, sink, now = self.daemon(**{flag: True})
+                d.step()
+                self.assertIsNone(d.armed)
+
+    def test_a_victim_passed_over_after_a_failed_kill_is_neither_armed_nor_used(self):
+        d, sink, now = self.armed_in_a_fake_tree()
+        victim = d.armed.victim
+        d.passed_over[(victim.pid, victim.starttime)] = now[0] + 60
+        self.assertIsNone(d.take_armed(now[0]))
+        self.assertIn('pre-armed pid %d hog not used: passed over after a failed kill'
+                      % self.PID, sink.text())
+        now[0] += 1
+        d.arm(now[0])                    # ranks again: the runner-up is armed instead
+        self.assertEqual(d.armed.victim.pid, self.PID + 1)
+
+    def test_the_kills_per_minute_cap_holds_for_a_pre_armed_victim(self):
+        d, sink, now = self.armed_in_a_fake_tree()
+        d.kill_times = [now[0] - 1] * bustd.KILLS_PER_WINDOW
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=700 * MIB)     # SIGTERM, not SIGKILL
+        d.step()
+        self.assertIsNotNone(d.armed)    # not taken: the cap came first
+        self.assertIn('no more kills until the SIGKILL level', sink.text())
+
+    def test_refusals(self):
+        """Each change since the ranking that must force a full ranking instead."""
+        def recycled(proc):
+            proc.add(self.PID, 'hog', oom_score=600, starttime=9999)
+
+        def exited(proc):
+            proc.remove(self.PID)
+
+        def zombie(proc):
+            proc.add(self.PID, 'hog', oom_score=600, state='Z')
+
+        def minus_1000(proc):
+            proc.add(self.PID, 'hog', oom_score=0, adj=-1000)
+
+        def renamed_to_a_protected_name(proc):
+            proc.add(self.PID, 'sshd', oom_score=600)
+
+        def runner_up_may_have_caught_up(proc):
+            # 300 + 3.4 % of RAM used since (~34 points) > 330
+            proc.add(self.PID, 'hog', oom_score=330)
+            proc.meminfo(total_kib=8 * GIB, avail_kib=820 * MIB)
+
+        cases = [
+            (recycled, 'its pid was recycled'),
+            (exited, 'it exited'),
+            (zombie, 'it exited'),     # a zombie counts as gone
+            (minus_1000, 'oom_score_adj -1000'),
+            (renamed_to_a_protected_name, 'it is protected now (default: sshd'),
+            (runner_up_may_have_caught_up, 'another process may have caught up (280 MiB used'),
+        ]
+        for change, why in cases:
+            with self.subTest(change.__name__):
+                self.proc = FakeProc(os.path.join(self.tmp, change.__name__))
+                d, sink, now = self.armed_in_a_fake_tree()
+                self.proc.meminfo(total_kib=8 * GIB, avail_kib=900 * MIB)
+                change(self.proc)
+                d.sensor.read_exact(d.reading, d.th)
+                why_not = d.armed.refusal(d.settings.proc, d.policy, d.reading, None,
+                                          now[0] + 0.1)
+                self.assertTrue(why_not and why_not.startswith(why), why_not)
+
+    def test_a_stale_ranking_is_not_used(self):
+        d, sink, now = self.armed_in_a_fake_tree()
+        d.sensor.read_exact(d.reading, d.th)
+        self.assertIsNone(d.armed.refusal(d.settings.proc, d.policy, d.reading, None,
+                                          now[0] + bustd.ARM_MAX_AGE_S))
+        self.assertEqual(d.armed.refusal(d.settings.proc, d.policy, d.reading, None,
+                                         now[0] + bustd.ARM_MAX_AGE_S + 0.01),
+                         'the ranking is 1.01 s old')
+
+    def test_still_ahead_and_fresh(self):
+        d, sink, now = self.armed_in_a_fake_tree()
+        self.proc.add(self.PID, 'hog', oom_score=700, rss_pages=9999)
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=900 * MIB)
+        d.sensor.read_exact(d.reading, d.th)
+        armed = d.armed
+        self.assertIsNone(armed.refusal(d.settings.proc, d.policy, d.reading, None, now[0]))
+        self.assertEqual((armed.victim.oom_score, armed.victim.rss_kib), (700, 9999 * 4))
+
+    def test_outside_the_watched_cgroup(self):
+        d, sink, now = self.armed_in_a_fake_tree()
+        d.sensor.read_exact(d.reading, d.th)
+        self.assertEqual(d.armed.refusal(d.settings.proc, d.policy, d.reading,
+                                         {self.PID + 1}, now[0]), 'it left the watched cgroup')
+
+    def test_a_born_process_may_outrank_with_prefer(self):
+        import re
+        d, sink, now = self.armed_in_a_fake_tree(prefer_re=re.compile('nothing-matches'))
+        self.assertEqual(d.armed.runner_up, 300)       # the runner-up beats a newborn's 300
+        self.proc.add(self.PID + 1, 'other', oom_score=100)
+        now[0] += 1
+        d.step()
+        self.assertEqual(d.armed.runner_up, bustd.PREFER_ADJUST)
+
+    def test_a_refused_victim_falls_back_to_a_full_ranking(self):
+        d, sink, now = self.armed_in_a_fake_tree(dry_run=True)
+        self.proc.add(self.PID, 'sshd', oom_score=600)       # protected since the ranking
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=700 * MIB)
+        now[0] += 0.1
+        d.step()
+        text = sink.text()
+        self.assertIn('pre-armed pid %d hog not used: it is protected now' % self.PID, text)
+        self.assertIn('dry run, no signal sent: kill: SIGTERM pid=%d ' % (self.PID + 1), text)
+        self.assertIsNone(d.armed)
+
+
+class IdleLoopTest(TempDirTest):
+    """The idle wake-up: sleep, one reading, the schedule; back to step() when it matters."""
+
+    def daemon(self, on_sleep):
+        log, sink = make_log()
+        s = settings(self.proc)
+        sensor = bustd.MachineSensor(s.proc)
+        sensor.check()
+        slept = []
+        now = [10.0]
+
+        def sleep(seconds):
+            slept.append(seconds)
+            now[0] += seconds
+            on_sleep(len(slept), d)
+        d = bustd.Daemon(s, sensor, bustd.Policy(s), no_kernel_calls(), log,
+                         clock=lambda: now[0], sleep=sleep,
+                         fill=bustd.FillModel(256 * MIB, 2))     # 512 MiB/s
+        d.start()
+        self.assertGreater(d.step(), 0)
+        self.assertTrue(d.far)
+        return d, slept
+
+    def test_returns_when_a_reading_comes_near_a_level(self):
+        def on_sleep(n, d):
+            self.proc.meminfo(total_kib=8 * GIB, avail_kib=(3 - n) * GIB)   # 2, 1 GiB...
+        d, slept = self.daemon(on_sleep)
+        d.idle(0.1, 100.0)
+        self.assertEqual(len(slept), 2)         # 1 GiB is below the near band (15 %)
+        # The second sleep came from the schedule on the 2 GiB reading.
+        self.assertAlmostEqual(slept[1], (2 * GIB - d.th.mem_term_kib) / d.fill.rate_kib_s)
+
+    def test_learns_a_fast_drop_between_idle_readings(self):
+        def on_sleep(n, d):
+            self.proc.meminfo(total_kib=8 * GIB, avail_kib=6 * GIB - n * 512 * MIB)
+        d, slept = self.daemon(on_sleep)
+        d.idle(0.25, 100.0)                    # 512 MiB per 0.25 s: 2 GiB/s seen
+        self.assertEqual(d.fill.rate_kib_s, bustd.FILL_SAFETY * 2 * GIB)
+
+    def test_returns_after_the_budget_and_on_signals(self):
+        d, slept = self.daemon(lambda n, d: None)
+        d.idle(0.3, 1.0)
+        self.assertEqual(len(slept), 2)        # a full step at least every budget
+        del slept[:]
+
+        def stop_on_second(n, d):
+            if n == 2:
+                d.flags.usr1 = True
+        d, slept = self.daemon(stop_on_second)
+        d.idle(0.01, 100.0)
+        self.assertEqual(len(slept), 2)
+
+    def test_a_far_sleeper_is_released_whichever_way_the_loop_ends(self):
+        class Sleeper(object):
+            def __init__(self):
+                self.calls, self.released = 0, 0
+
+            def far(self, seconds):
+                self.calls += 1
+                return self.calls == 3        # a signal on the third sleep
+
+            def release(self):
+                self.released += 1
+        d, slept = self.daemon(lambda n, d: None)
+        d.far_sleep = Sleeper()
+        d.idle(0.01, 100.0)
+        self.assertEqual((d.far_sleep.calls, d.far_sleep.released), (3, 1))
+        d.far_sleep = Sleeper()
+        d.idle(0.6, 1.0)                          # the budget ends it
+        self.assertEqual((d.far_sleep.calls, d.far_sleep.released), (2, 1))
+        self.assertEqual(slept, [])               # the plain sleep is for full steps
+
+    def test_the_loop_uses_the_idle_path_only_far_from_the_levels(self):
+        calls = []
+
+        def on_sleep(n, d):
+            if n == 2:
+                self.proc.meminfo(total_kib=8 * GIB, avail_kib=1 * GIB)     # near
+            if n >= 4:
+                d.flags.stop = signal.SIGTERM
+        d, slept = self.daemon(on_sleep)
+        real_idle = d.idle
+        d.idle = lambda *a: calls.append(a) or real_idle(*a)
+        d.run()
+        self.assertEqual(len(slept), 4)
+        self.assertEqual([budget for _, budget in calls], [bustd.IDLE_STEP_EVERY_S] * 2)
+
+
+class PreArmedKillTest(TempDirTest):
+    """The real kill path with a pre-armed victim: the test's own children only."""
+
+    daemon = RealKillTest.daemon     # the same fake /proc of real children
+    victim = RealKillTest.victim
+
+    def test_the_pre_armed_victim_is_signalled_without_a_ranking(self):
+        for calls in (bustd.load_kernel_calls(), no_kernel_calls()):
+            with self.subTest(pidfd=calls.pidfd_open is not None):
+                child = self.victim()
+                self.proc.meminfo(total_kib=8 * GIB, avail_kib=1100 * MIB)   # near: armed
+                d, sink = self.daemon(calls)
+                d.step()
+                self.assertEqual(d.armed.victim.pid, child.pid)
+                scans = []
+                real_find_victim = bustd.find_victim
+                bustd.find_victim = lambda *args: scans.append(args) or real_find_victim(*args)
+                try:
+                    self.proc.meminfo(total_kib=8 * GIB, avail_kib=700 * MIB)
+                    self.assertEqual(d.step(), 0.0)
+                finally:
+                    bustd.find_victim = real_find_victim
+                self.assertEqual(reap(child), -signal.SIGTERM)
+                self.assertEqual(scans, [])
+                text = sink.text()
+                self.assertIn('kill: SIGTERM pid=%d' % child.pid, text)
+                self.assertRegex(text, r'latency: [0-9.]+ ms from the deciding reading to '
+                                       r'the signal \(pre-armed\)')
+                os.unlink(os.path.join(self.proc.root, str(child.pid)))
+
+    def test_an_armed_victim_that_exited_is_not_hit_and_the_next_is_found(self):
+        first = self.victim()
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=1100 * MIB)
+        d, sink = self.daemon()
+        d.step()
+        self.assertIsNotNone(d.armed)
+        armed_pid = d.armed.victim.pid
+        second = self.victim()
+        other = first if armed_pid == second.pid else second
+        for child in (first, second):
+            if child.pid == armed_pid:
+                stop(child)
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=700 * MIB)
+        d.step()
+        self.assertEqual(reap(other), -signal.SIGTERM)
+        text = sink.text()
+        self.assertIn('pre-armed pid %d python3 not used: it exited' % armed_pid, text)
+        self.assertRegex(text, r'latency: [0-9.]+ ms .*\(full ranking\)')
+
+    def test_the_user_name_is_looked_up_after_the_signal(self):
+        # A passwd lookup may read a file evicted from the page cache: never before the kill.
+        child = self.victim()
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=700 * MIB)
+        calls = bustd.load_kernel_calls()
+        if calls.pidfd_send_signal is None:
+            self.skipTest('no pidfds here')
+        order = []
+        send = calls.pidfd_send_signal
+        calls.pidfd_send_signal = lambda fd, sig: order.append('signal') or send(fd, sig)
+        d, sink = self.daemon(calls)
+        d.user_name = lambda uid: order.append('user name') or str(uid)
+        d.notifier = bustd.Notifier(d.settings, bustd.Helpers(d.log), d.log, d.user_name, {})
+        d.step()
+        self.assertEqual(reap(child), -signal.SIGTERM)
+        self.assertEqual(order[:2], ['signal', 'user name'])
+
+    def test_the_latency_line_is_only_printed_with_verbose(self):
+        child = self.victim()
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=700 * MIB)
+        log, sink = make_log(verbose=False)
+        s = settings(self.proc)
+        sensor = bustd.MachineSensor(s.proc)
+        sensor.check()
+        d = bustd.Daemon(s, sensor, bustd.Policy(s), bustd.load_kernel_calls(), log,
+                         sleep=lambda seconds: None)
+        d.start()
+        d.step()
+        self.assertEqual(reap(child), -signal.SIGTERM)
+        self.assertNotIn('latency:', sink.text())
 
 
 class GroupKillTest(TempDirTest):
@@ -3175,6 +3606,56 @@ class HelpersTest(TempDirTest):
         for name in bustd.TEMPLATE_FIELDS:
             self.assertIs(type(bustd.TEMPLATE_EXAMPLE[name]), type(fields[name]), name)
         self.assertEqual(bustd.render('{pid:05d} {name!r:>7}', fields), "04242 'firefox'")
+
+    def far_waiter(self):
+        """A Waiter whose far() waits for SIGUSR1; the test's own handler counts it."""
+        got = []
+        old = signal.signal(signal.SIGUSR1, lambda signum, frame: got.append(signum))
+        self.addCleanup(signal.signal, signal.SIGUSR1, old)
+        waiter = bustd.Waiter()
+        waiter.watch_signals_far((signal.SIGUSR1,))
+        if waiter.far_signals is None:
+            self.skipTest('no sigtimedwait here')
+        return waiter, got
+
+    def test_far_sleep_ends_on_a_signal_and_its_handler_still_runs(self):
+        waiter, got = self.far_waiter()
+        timer = threading.Timer(0.1, signal.pthread_kill,
+                                (threading.main_thread().ident, signal.SIGUSR1))
+        timer.start()
+        self.addCleanup(timer.join)
+        started = time.monotonic()
+        self.assertTrue(waiter.far(5.0))
+        self.assertLess(time.monotonic() - started, 2.0)
+        self.assertEqual(got, [])                          # held until release()
+        self.assertIn(signal.SIGUSR1, signal.pthread_sigmask(signal.SIG_BLOCK, []))
+        waiter.release()
+        self.assertTrue(wait_until(lambda: got == [signal.SIGUSR1], 2))
+        self.assertNotIn(signal.SIGUSR1, signal.pthread_sigmask(signal.SIG_BLOCK, []))
+
+    def test_far_sleep_sleeps_its_time_and_leaves_signals_unblocked(self):
+        waiter, got = self.far_waiter()
+        started = time.monotonic()
+        self.assertFalse(waiter.far(0.05))
+        self.assertFalse(waiter.far(0.05))
+        self.assertGreaterEqual(time.monotonic() - started, 0.1)
+        waiter.release()
+        self.assertEqual(got, [])
+        self.assertNotIn(signal.SIGUSR1, signal.pthread_sigmask(signal.SIG_BLOCK, []))
+
+    def test_far_sleep_polls_when_an_event_fd_matters_there(self):
+        import select
+        waiter, got = self.far_waiter()
+        r, w = os.pipe()
+        self.addCleanup(os.close, r)
+        self.addCleanup(os.close, w)
+        waiter.add(r, select.POLLIN, 'cgroup threshold', far=True)
+        os.write(w, b'x')
+        started = time.monotonic()
+        self.assertFalse(waiter.far(5.0))
+        self.assertLess(time.monotonic() - started, 2.0)
+        self.assertEqual(waiter.woken_by, 'cgroup threshold')
+        self.assertNotIn(signal.SIGUSR1, signal.pthread_sigmask(signal.SIG_BLOCK, []))
 
     def test_render_leaves_unknown_fields(self):
         self.assertEqual(bustd.render('{name} {nope}', {'name': 'x'}), 'x {nope}')

@@ -44,7 +44,7 @@ PY = os.path.realpath(sys.executable)   # the real binary, not a pyenv shim
 MiB = 1 << 20
 T0 = time.monotonic()
 
-SECTIONS = ('memory', 'cpu', 'poll', 'scan', 'pressure', 'startup')
+SECTIONS = ('memory', 'cpu', 'poll', 'scan', 'pressure', 'startup', 'wakeup')
 SECTION_TITLES = {
     'memory': '1. Memory of the idle daemons',
     'cpu': '2. Idle CPU',
@@ -52,6 +52,7 @@ SECTION_TITLES = {
     'scan': '4. Victim scan',
     'pressure': '5. Reaction under real pressure (cgroup v1, 512 MiB)',
     'startup': '6. Start-up',
+    'wakeup': '7. Cost per idle wake-up, at the same rate as a minimal Python loop',
 }
 
 READY = {'bustd.py': 'ready: watching', 'earlyoom': 'SIGKILL when',
@@ -1135,6 +1136,7 @@ def signal_name(returncode):
 
 KILL_RE = re.compile(r'(?:^|: )kill: (SIG\w+) (?:pgrp=\d+ )?pid=(\d+).*?'
                      r'mem_available=([\d.]+)(KiB|MiB|GiB)')
+LATENCY_RE = re.compile(r'latency: ([\d.]+) ms from the deciding reading to the signal \((.*)\)')
 EXITED_RE = re.compile(r'(?:^|: )exited: pid=(\d+) .*?signal=(\w+) after=([\d.]+)s')
 
 
@@ -1180,6 +1182,9 @@ def pressure_run(parent, tag, rate, watcher):
                 m = KILL_RE.search(line)
                 if m and int(m.group(2)) == hog.pid and kill is None:
                     kill = (t, m.group(1), to_mib(m.group(3), m.group(4)), line)
+                m = LATENCY_RE.search(line)
+                if m and kill is not None and 'latency_ms' not in res:
+                    res['latency_ms'], res['latency_how'] = float(m.group(1)), m.group(2)
                 m = EXITED_RE.search(line)
                 if m and int(m.group(1)) == hog.pid and exited is None:
                     exited = (t, m.group(2), float(m.group(3)))
@@ -1273,7 +1278,8 @@ def section_pressure(opts):
         out.append('Skipped: cannot create cgroups under %s (not root?).' % parent)
         return '\n'.join(out)
     rates = [100, 1024, 0]
-    bustd_watch = ('bustd.py', [PY, BUSTD, '-n', '--cgroup', '{cg}'], READY['bustd.py'])
+    # -V: bustd prints the time from the deciding reading to the signal.
+    bustd_watch = ('bustd.py', [PY, BUSTD, '-n', '-V', '--cgroup', '{cg}'], READY['bustd.py'])
     results = []
     errors = []
     for rate in rates:
@@ -1292,7 +1298,7 @@ def section_pressure(opts):
                     res.get('killer'), res.get('headroom_mib', -1),
                     fmt(res.get('delay_ms'))))
     out.append('For each run: a fresh cgroup v1 `%s/bustd-bench-*` with memory.limit_in_bytes '
-               '= 512 MiB (no swap), `python3 bustd.py -n --cgroup <dir>` started outside it '
+               '= 512 MiB (no swap), `python3 bustd.py -n -V --cgroup <dir>` started outside it '
                'and waited for until "ready: watching", then a Python hog put into the cgroup '
                'before it allocates (`sh -c \'echo $$ > <dir>/cgroup.procs; exec python3 ...\'`) '
                'appending 1 MiB chunks at the rate given, logging CLOCK_MONOTONIC, MiB '
@@ -1316,10 +1322,13 @@ def section_pressure(opts):
                      fmt_stat([r.get('headroom_mib') for r in runs], '%.1f'),
                      fmt_stat([r.get('bustd_saw_mib') for r in runs], '%.1f'),
                      fmt_stat([r.get('delay_ms') for r in runs], '%.1f'),
+                     fmt_stat([r.get('latency_ms') for r in runs], '%.1f'),
+                     ', '.join(sorted(set(r.get('latency_how', '?') for r in runs))) or 'n/a',
                      fmt_stat([r.get('kill_to_exited_ms') for r in runs], '%.1f')])
     out.append(md_table(['hog rate', 'bustd.py killed it first', 'kernel OOM kills',
                          'hog died of', 'measured hog MiB/s', 'least memory left (MiB)',
                          'bustd logged mem_available (MiB)', 'delay threshold → SIGTERM (ms)',
+                         'deciding reading → signal (ms, -V)', 'victim',
                          '`kill:` → `exited:` lines (ms)'], rows))
     out.append('')
     out.append('Every run:')
@@ -1403,6 +1412,116 @@ def peer_cgroup_demo(parent, opts):
 # Section 6: start-up
 # ============================================================================
 
+# ============================================================================
+# Section 7: the idle wake-up against a minimal Python loop
+# ============================================================================
+
+# The least a Python poller can do per wake-up: one sysinfo(2) through ctypes
+# and one sleep.
+MINIMAL_LOOP = r"""
+import ctypes, os, sys, time
+period = float(sys.argv[1])
+libc = ctypes.CDLL(None, use_errno=True)
+class Sysinfo(ctypes.Structure):
+    _fields_ = [('uptime', ctypes.c_long), ('loads', ctypes.c_ulong * 3),
+                ('totalram', ctypes.c_ulong), ('freeram', ctypes.c_ulong),
+                ('rest', ctypes.c_char * 256)]
+info = Sysinfo()
+ref = ctypes.byref(info)
+sysinfo = libc.sysinfo
+os.write(2, b'ready: watching\n')
+while True:
+    sysinfo(ref)
+    free_kib = info.freeram // 1024
+    time.sleep(period)
+"""
+
+# bustd.py's own start-up and loop, with the schedule replaced by a constant
+# so that it wakes as often as the minimal loop.
+BUSTD_AT_RATE = r"""
+import sys
+sys.path.insert(0, sys.argv[2])
+import bustd
+period = float(sys.argv[1])
+bustd.sleep_time_s = lambda *args, **kw: period
+sys.exit(bustd.main(['-n']))
+"""
+
+
+def wakeup_cost(argv, ready, settle_s, window_s):
+    """Run argv; return (µs of CPU per voluntary wake-up, wake-ups/s) over window_s."""
+    c = Child('wakeup', argv, ready).start()
+    try:
+        if not c.wait_ready(30.0):
+            raise RuntimeError('not ready: %s' % c.tail())
+        time.sleep(settle_s)
+        first = cpu_counters(c.pid)
+        time.sleep(window_s)
+        last = cpu_counters(c.pid)
+    finally:
+        c.stop()
+    if first is None or last is None:
+        raise RuntimeError('exited: %s' % c.tail())
+    wakeups = max(1, last[1] - first[1])
+    return (last[0] - first[0]) / 1000.0 / wakeups, wakeups / window_s
+
+
+def section_wakeup(opts):
+    out = ['## ' + SECTION_TITLES['wakeup'], '']
+    periods = [0.021, 0.1]
+    rows = []
+    raw = {}
+    for period in periods:
+        for rep in range(opts.wakeup_reps):
+            order = ['minimal', 'bustd'] if rep % 2 == 0 else ['bustd', 'minimal']
+            for who in order:
+                note('wakeup: %d ms, %s, run %d/%d' % (period * 1000, who, rep + 1,
+                                                      opts.wakeup_reps))
+                if who == 'minimal':
+                    argv = [PY, '-I', '-S', '-c', MINIMAL_LOOP, str(period)]
+                else:
+                    argv = [PY, '-I', '-S', '-c', BUSTD_AT_RATE, str(period), ROOT]
+                us, rate = wakeup_cost(argv, 'ready: watching', 2.0, opts.wakeup_s)
+                raw.setdefault((period, who), []).append((us, rate))
+    eo = []
+    if EARLYOOM:
+        for rep in range(opts.wakeup_reps):
+            note('wakeup: earlyoom, run %d/%d' % (rep + 1, opts.wakeup_reps))
+            eo.append(wakeup_cost([EARLYOOM, '-m', '10', '-s', '100', '-r', '0'],
+                                  READY['earlyoom'], 2.0, max(opts.wakeup_s, 10.0)))
+    for period in periods:
+        mini = raw[(period, 'minimal')]
+        ours = raw[(period, 'bustd')]
+        mini_us = statistics.median(u for u, _ in mini)
+        ours_us = statistics.median(u for u, _ in ours)
+        rows.append(['%d ms' % (period * 1000), fmt_stat([u for u, _ in mini], '%.0f'),
+                     fmt_stat([u for u, _ in ours], '%.0f'),
+                     '%.2f×' % (ours_us / mini_us),
+                     '%.1f / %.1f' % (statistics.median(r for _, r in mini),
+                                      statistics.median(r for _, r in ours))])
+    out.append('Each loop runs alone for %g s after 2 s of settling, %d runs each, '
+               'interleaved; CPU from /proc/PID/task/*/schedstat divided by the voluntary '
+               'context switches (one per sleep).  Minimal loop: `python3 -I -S`, sysinfo(2) '
+               'through ctypes and `time.sleep(period)`, nothing else.  bustd.py: `bustd.main'
+               '([\'-n\'])` in `python3 -I -S` with `sleep_time_s` replaced by the constant '
+               'period (the real loop: poll(2) on the signal pipe and the PSI trigger, the '
+               'cheap reading, the fill-rate model, a full step every %g s).  Median (min–max) '
+               'µs of CPU per wake-up.' % (opts.wakeup_s, opts.wakeup_reps,
+                                           import_bustd().IDLE_STEP_EVERY_S))
+    out.append('')
+    out.append(md_table(['period', 'minimal Python loop (µs)', 'bustd.py idle loop (µs)',
+                         'bustd.py / minimal', 'wake-ups/s (minimal / bustd.py)'], rows))
+    out.append('')
+    if eo:
+        out.append('earlyoom (`-m 10 -s 100 -r 0`, its own schedule: %.1f wake-ups/s here): '
+                   '%s µs of CPU per wake-up (it reads /proc/meminfo each time).' % (
+                       statistics.median(r for _, r in eo), fmt_stat([u for u, _ in eo],
+                                                                     '%.0f')))
+    else:
+        out.append('earlyoom: not installed.')
+    return '\n'.join(out)
+
+
 def section_startup(opts):
     specs = [(n, a, r, w) for n, a, r, w in daemon_specs()]
     bare = ('bare python3 -I -S (first line)',
@@ -1465,7 +1584,7 @@ def parse_args(argv):
                          '5 elsewhere; --quick: 1-2)')
     ap.add_argument('--skip-pressure', action='store_true', help='skip section 5')
     ap.add_argument('--only', metavar='SECTION,...',
-                    help='run only these sections: %s (or 1-6)' % ','.join(SECTIONS))
+                    help='run only these sections: %s (or 1-7)' % ','.join(SECTIONS))
     opts = ap.parse_args(argv)
     if opts.reps is not None and opts.reps < 1:
         ap.error('--reps must be at least 1')
@@ -1477,7 +1596,7 @@ def parse_args(argv):
             if item.isdigit() and 1 <= int(item) <= len(SECTIONS):
                 item = SECTIONS[int(item) - 1]
             if item not in SECTIONS:
-                ap.error('--only: unknown section %r; choose from %s or 1-6'
+                ap.error('--only: unknown section %r; choose from %s or 1-7'
                          % (item, ','.join(SECTIONS)))
             if item not in wanted:
                 wanted.append(item)
@@ -1495,6 +1614,8 @@ def parse_args(argv):
     opts.eo_scan_s = 2.0 if q else 4.0
     opts.pressure_runs = opts.reps or (1 if q else 5)
     opts.startup_runs = opts.reps or (2 if q else 5)
+    opts.wakeup_reps = opts.reps or (2 if q else 5)
+    opts.wakeup_s = 3.0 if q else 10.0
     return opts
 
 
@@ -1537,6 +1658,8 @@ def main(argv):
                     text = section_scan(opts)
                 elif section == 'pressure':
                     text = section_pressure(opts)
+                elif section == 'wakeup':
+                    text = section_wakeup(opts)
                 else:
                     text = section_startup(opts)
             except KeyboardInterrupt:
