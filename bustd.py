@@ -3832,12 +3832,23 @@ class Waiter(object):
         self.far_signals = None   # set by watch_signals_far()
         self.far_events = False   # an event fd that matters far from the levels too
         self.far_blocked = False
+        self.threshold_fd = None   # the cgroup v1 usage threshold eventfd, if any
 
     def add(self, fd, events, name, drain=True, far=False):
         """Watch fd; `far`: it must also end sleeps far from every level (see far())."""
         self.poller.register(fd, events)
         self.drains[fd] = (name, drain)
         self.far_events = self.far_events or far
+
+    def watch_threshold(self, fd):
+        """Watch the cgroup threshold eventfd fd (None: none) instead of the last one,
+        which is closed: each set of thresholds has its own eventfd."""
+        if self.threshold_fd is not None:
+            self.poller.unregister(self.threshold_fd)
+            os.close(self.threshold_fd)
+        self.threshold_fd = fd
+        if fd is not None:
+            self.add(fd, self.select.POLLIN, 'cgroup threshold', far=True)
 
     def watch_signals_far(self, signums):
         """Let far() wait for these signals alone, where the kernel offers sigtimedwait."""
@@ -3934,6 +3945,7 @@ class Daemon(object):
         self.clock = clock
         self.sleep = sleep
         self.far_sleep = far_sleep   # the idle loop's sleeper: a Waiter (far, release)
+        self.waiter = None   # the Waiter that sleeps end on, if any (build_daemon)
         self.flags = Flags()
         self.reading = Reading()
         self.th = None
@@ -3949,7 +3961,6 @@ class Daemon(object):
         self.kill_times = []       # clock() of recent kills, for KILLS_PER_WINDOW
         self.kill_wait_s = KILL_WAIT_S
         self.kills = 0
-        self.event_fd_hook = None   # called with new thresholds (cgroup v1 events)
         self.metrics = None         # --metrics-file: a Metrics
         self.trend = Trend()
         self.rule = None            # the rule behind the last decision (see KILL_RULES)
@@ -3982,8 +3993,9 @@ class Daemon(object):
             self.log.warning('-m/-M is not below the memory total %s now: using %g%%,%g%% '
                              'until it is' % ((format_kib(r.mem_total_kib),)
                                               + DEFAULT_MEM_PERCENT))
-        if self.event_fd_hook is not None:
-            self.event_fd_hook(self.th)
+        if self.waiter is not None:
+            # cgroup v1: wake when usage crosses into the range that needs exact readings.
+            self.waiter.watch_threshold(self.sensor.threshold_event_fd(self.calls, self.th))
         return True
 
     def check_now(self):
@@ -5689,6 +5701,39 @@ def build_sensor(settings, calls, log):
     return sensor
 
 
+def build_daemon(settings, calls, log, sensor=None, policy=None, environ=None, flags=None,
+                 clock=time.monotonic, sleep=None, fill=None):
+    """Return a Daemon wired as settings say: its sensor, policy, helpers, notifier,
+    service manager, metrics and Waiter.  The one place a Daemon is put together.
+
+    sensor: a checked one (its warnings logged by the caller), else built from
+    settings, checked and its warnings logged; policy: else one that may signal
+    every uid.  flags: the Flags the early signal handlers set (catch_signals),
+    which become the daemon's, for this process.  sleep replaces the Waiter
+    (tests): sleeps then end on nothing, and idle sleeps are plain sleeps.
+    """
+    environ = os.environ if environ is None else environ
+    if sensor is None:
+        sensor = build_sensor(settings, calls, log)
+        for warning in sensor.check():
+            log.warning(warning)
+    if policy is None:
+        policy = Policy(settings, None, log)
+    helpers = Helpers(log)
+    notifier = Notifier(settings, helpers, log, user_name_function(), environ)
+    waiter = Waiter() if sleep is None else None
+    daemon = Daemon(settings, sensor, policy, calls, log, notifier, helpers,
+                    ServiceManager(environ), clock=clock, sleep=sleep or waiter, fill=fill,
+                    far_sleep=waiter)
+    daemon.waiter = waiter
+    if flags is not None:   # signals that came during start-up are acted on
+        flags.pid = os.getpid()   # the daemon's own: daemonize forked since
+        daemon.flags = flags
+    if settings.metrics_file:
+        daemon.metrics = Metrics(settings.metrics_file, sensor.kind)
+    return daemon
+
+
 def choose_log_sink(settings):
     """Return the sink: --log-file, --syslog, stderr (foreground), else syslog or the default file."""
     if settings.log_file:
@@ -5818,7 +5863,7 @@ def main(argv=None):
     settings, status = parse_or_status(sys.argv[1:] if argv is None else argv)
     if settings is None:
         return status
-    return start(settings, flags)
+    return dispatch(settings, flags)
 
 
 def parse_or_status(argv):
@@ -5854,15 +5899,16 @@ def _output_error(exc):
     return EXIT_ENV
 
 
-def start(settings, flags=None):
-    """Run with parsed settings; return the exit status (1: environment, 2: usage)."""
+def dispatch(settings, flags=None):
+    """Install, or list, or run the daemon for parsed settings; return the exit status
+    (1: environment, 2: usage)."""
     if settings.install or settings.print_unit:
         return install_main(settings)
     if not sys.platform.startswith('linux'):
         _stderr('bustd runs on Linux only (this is %s)' % sys.platform)
         return EXIT_ENV
     try:
-        return run(settings, flags=flags)
+        return run_daemon(settings, flags=flags)
     except UsageError as exc:
         _stderr('%s (see %s --help)' % (exc, PROG))
         return EXIT_USAGE
@@ -5871,8 +5917,9 @@ def start(settings, flags=None):
         return EXIT_ENV
 
 
-def run(settings, environ=None, flags=None):
-    """Set up and run the daemon for settings; return the exit status.
+def run_daemon(settings, environ=None, flags=None):
+    """Check the machine, then print the list (--list) or daemonize, build the daemon
+    and serve; return the exit status.
 
     flags: the Flags the early signal handlers set (catch_signals), if any.
     """
@@ -5921,8 +5968,11 @@ def run(settings, environ=None, flags=None):
     try:
         if pidfile is not None:
             pidfile.write(os.getpid())
-        return serve(settings, sensor, policy, calls, caps, log, warnings, environ, report_fd,
-                     flags)
+        for warning in warnings + startup_warnings(calls, policy):
+            log.warning(warning)
+        oom_adj = protect_self('/proc', log)
+        daemon = build_daemon(settings, calls, log, sensor, policy, environ, flags)
+        return serve(daemon, caps, oom_adj, report_fd)
     except Stopping as stop:     # before the loop ran: no kills yet
         log.info(stop_line(stop.args[0], 0))
         return EXIT_OK
@@ -5958,26 +6008,28 @@ def print_list(settings, policy, sensor, flags=None):
     return EXIT_OK
 
 
-def serve(settings, sensor, policy, calls, caps, log, warnings, environ, report_fd=None,
-          flags=None):
-    """Protect the daemon, start the loop, tell the service manager; return the exit status."""
-    for warning in warnings:
-        log.warning(warning)
+def startup_warnings(calls, policy):
+    """Return the warnings about what this bustd cannot do: missing calls, no CAP_KILL."""
+    warnings = []
     if calls.missing:
-        log.warning('running without ' + '; '.join(calls.missing))
+        warnings.append('running without ' + '; '.join(calls.missing))
     if policy.only_uid is not None:
-        log.warning('no CAP_KILL (not root?): only processes of uid %d can be killed'
-                    % policy.only_uid)
-    features = {'oom_adj': protect_self('/proc', log)}
-    helpers = Helpers(log)
-    notifier = Notifier(settings, helpers, log, user_name_function(), environ)
-    service = ServiceManager(environ)
-    waiter = Waiter()
-    daemon = Daemon(settings, sensor, policy, calls, log, notifier, helpers, service,
-                    sleep=waiter, far_sleep=waiter)
-    if flags is not None:   # signals that came during start-up are acted on
-        flags.pid = os.getpid()   # the daemon's own: daemonize forked since
-        daemon.flags = flags
+        warnings.append('no CAP_KILL (not root?): only processes of uid %d can be killed'
+                        % policy.only_uid)
+    return warnings
+
+
+def serve(daemon, caps, oom_adj, report_fd=None):
+    """Start the daemon built by build_daemon: wake-ups, memory locked, READY=1, then
+    the loop; return the exit status.
+
+    oom_adj: whether bustd's oom_score_adj is -1000 (protect_self); report_fd:
+    where a daemonized bustd reports its pid to the original process.
+    """
+    settings, sensor, policy, calls, log = (daemon.settings, daemon.sensor, daemon.policy,
+                                            daemon.calls, daemon.log)
+    features = {'oom_adj': oom_adj}
+    waiter = daemon.waiter
     waiter.add(install_signal_handlers(daemon.flags), waiter.select.POLLIN, 'signal')
     waiter.watch_signals_far((signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1))
     daemon.start()
@@ -5988,21 +6040,7 @@ def serve(settings, sensor, policy, calls, caps, log, warnings, environ, report_
         wakeups.append('PSI trigger "%s"' % psi_how)
     else:
         wakeups.append('PSI trigger off (%s)' % psi_how)
-    event_fds = []
-
-    def register_event(th):
-        # cgroup v1: wake when usage crosses into the range that needs exact readings.
-        for fd in event_fds:
-            waiter.poller.unregister(fd)
-            os.close(fd)
-        del event_fds[:]
-        fd = sensor.threshold_event_fd(calls, th)
-        if fd is not None:
-            event_fds.append(fd)
-            waiter.add(fd, waiter.select.POLLIN, 'cgroup threshold', far=True)
-    register_event(daemon.th)
-    daemon.event_fd_hook = register_event
-    if event_fds:
+    if waiter.threshold_fd is not None:   # registered by daemon.start()
         wakeups.append('cgroup usage threshold event')
     features['wakeups'] = ', '.join(wakeups)
     # Touch every page the kill path needs before locking (ONFAULT locks only those).
@@ -6021,11 +6059,10 @@ def serve(settings, sensor, policy, calls, caps, log, warnings, environ, report_
     features['mlock'] = lock_memory(calls, caps, log)
     for line in startup_lines(settings, sensor, daemon.th, calls, features):
         log.info(line)
-    if settings.metrics_file:
-        daemon.metrics = Metrics(settings.metrics_file, sensor.kind)
+    if daemon.metrics is not None:
         daemon.write_metrics(daemon.clock())
     log.info('ready: watching (SIGUSR1 logs a status, SIGTERM stops)')
-    service.notify('READY=1\nSTATUS=watching: %s\nMAINPID=%d' % (
+    daemon.service.notify('READY=1\nSTATUS=watching: %s\nMAINPID=%d' % (
         describe_levels(daemon.th), os.getpid()))
     if report_fd is not None:
         os.write(report_fd, str(os.getpid()).encode())
@@ -6050,7 +6087,7 @@ LOADER = ("import marshal, os, sys; f = os.fdopen(int(sys.argv[1]), 'rb'); "
 def isolated_main(plain_settings):
     """The relaunched daemon's entry point (LOADER calls it): run plain settings."""
     flags = catch_signals(Flags())
-    return start(Settings.from_dict(plain_settings), flags)
+    return dispatch(Settings.from_dict(plain_settings), flags)
 
 
 def relaunch(settings, code, argv, flags):
@@ -6115,7 +6152,7 @@ def launch(argv, code=None):
         why = relaunch(settings, code, argv, flags)
         _stderr('warning: cannot relaunch in an isolated interpreter (%s): running in this '
                 'one, with about 4 MiB more memory' % why)
-    return start(settings, flags)
+    return dispatch(settings, flags)
 
 
 if __name__ == '__main__':
