@@ -1238,11 +1238,8 @@ class RealKillTest(TempDirTest):
     def daemon(self, calls=None, **kw):
         log, sink = make_log(verbose=True)
         s = settings(self.proc, **kw)
-        sensor = bustd.MachineSensor(s.proc)
-        sensor.check()
-        calls = calls or bustd.load_kernel_calls()
-        d = bustd.Daemon(s, sensor, bustd.Policy(s), calls, log,
-                         sleep=lambda seconds: None)
+        d = bustd.build_daemon(s, calls or bustd.load_kernel_calls(), log,
+                               sleep=lambda seconds: None)
         d.start()
         return d, sink
 
@@ -1505,11 +1502,9 @@ class PreArmedVictimTest(TempDirTest):
             os.symlink(str(os.getpid()), link)
         log, sink = make_log(verbose=True)
         s = settings(self.proc, **kw)
-        sensor = bustd.MachineSensor(s.proc)
-        sensor.check()
         now = [100.0]
-        d = bustd.Daemon(s, sensor, bustd.Policy(s), calls or no_kernel_calls(), log,
-                         clock=lambda: now[0], sleep=lambda seconds: None)
+        d = bustd.build_daemon(s, calls or no_kernel_calls(), log,
+                               clock=lambda: now[0], sleep=lambda seconds: None)
         d.start()
         return d, sink, now
 
@@ -1670,9 +1665,6 @@ class IdleLoopTest(TempDirTest):
 
     def daemon(self, on_sleep):
         log, sink = make_log()
-        s = settings(self.proc)
-        sensor = bustd.MachineSensor(s.proc)
-        sensor.check()
         slept = []
         now = [10.0]
 
@@ -1680,9 +1672,9 @@ class IdleLoopTest(TempDirTest):
             slept.append(seconds)
             now[0] += seconds
             on_sleep(len(slept), d)
-        d = bustd.Daemon(s, sensor, bustd.Policy(s), no_kernel_calls(), log,
-                         clock=lambda: now[0], sleep=sleep,
-                         fill=bustd.FillModel(256 * MIB, 2))     # 512 MiB/s
+        d = bustd.build_daemon(settings(self.proc), no_kernel_calls(), log,
+                               clock=lambda: now[0], sleep=sleep,
+                               fill=bustd.FillModel(256 * MIB, 2))     # 512 MiB/s
         d.start()
         self.assertGreater(d.step(), 0)
         self.assertTrue(d.far)
@@ -1824,10 +1816,7 @@ class PreArmedKillTest(TempDirTest):
         self.proc.meminfo(total_kib=8 * GIB, avail_kib=700 * MIB)
         log, sink = make_log(verbose=False)
         s = settings(self.proc)
-        sensor = bustd.MachineSensor(s.proc)
-        sensor.check()
-        d = bustd.Daemon(s, sensor, bustd.Policy(s), bustd.load_kernel_calls(), log,
-                         sleep=lambda seconds: None)
+        d = bustd.build_daemon(s, bustd.load_kernel_calls(), log, sleep=lambda seconds: None)
         d.start()
         d.step()
         self.assertEqual(reap(child), -signal.SIGTERM)
@@ -1876,9 +1865,7 @@ class GroupKillTest(TempDirTest):
     def run_daemon(self, **kw):
         log, sink = make_log(verbose=True)
         s = settings(self.proc, kill_pgroup=True, **kw)
-        sensor = bustd.MachineSensor(s.proc)
-        sensor.check()
-        d = bustd.Daemon(s, sensor, bustd.Policy(s), bustd.load_kernel_calls(), log)
+        d = bustd.build_daemon(s, bustd.load_kernel_calls(), log)
         d.start()
         d.step()
         return sink
@@ -2367,9 +2354,7 @@ class KillCgroupTest(TempDirTest):
     def run_daemon(self, calls=None, **kw):
         log, sink = make_log(verbose=True)
         s = settings(self.proc, kill_cgroup=True, **kw)
-        sensor = bustd.MachineSensor(s.proc)
-        sensor.check()
-        d = bustd.Daemon(s, sensor, bustd.Policy(s), calls or bustd.load_kernel_calls(), log)
+        d = bustd.build_daemon(s, calls or bustd.load_kernel_calls(), log)
         d.start()
         d.step()
         return sink
@@ -3657,6 +3642,25 @@ class HelpersTest(TempDirTest):
         self.assertEqual(waiter.woken_by, 'cgroup threshold')
         self.assertNotIn(signal.SIGUSR1, signal.pthread_sigmask(signal.SIG_BLOCK, []))
 
+    def test_waiter_watches_one_threshold_eventfd_at_a_time(self):
+        waiter = bustd.Waiter()
+        first, w1 = os.pipe()
+        second, w2 = os.pipe()
+        self.addCleanup(os.close, w1)
+        self.addCleanup(os.close, w2)
+        waiter.watch_threshold(first)
+        self.assertTrue(waiter.far_events)
+        waiter.watch_threshold(second)
+        self.assertRaises(OSError, os.fstat, first)       # replaced: closed
+        os.write(w2, b'x')
+        waiter(0.5)
+        self.assertEqual(waiter.woken_by, 'cgroup threshold')
+        waiter.watch_threshold(None)
+        self.assertIsNone(waiter.threshold_fd)
+        self.assertRaises(OSError, os.fstat, second)
+        waiter(0.05)
+        self.assertIsNone(waiter.woken_by)                # nothing watched: a plain sleep
+
     def test_render_leaves_unknown_fields(self):
         self.assertEqual(bustd.render('{name} {nope}', {'name': 'x'}), 'x {nope}')
 
@@ -3678,11 +3682,7 @@ class HooksInTheLoopTest(TempDirTest):
         self.proc.meminfo(total_kib=8 * GIB, avail_kib=700 * MIB)
         log, sink = make_log()
         s = settings(self.proc, exec_before=hook)
-        sensor = bustd.MachineSensor(s.proc)
-        sensor.check()
-        helpers = bustd.Helpers(log)
-        d = bustd.Daemon(s, sensor, bustd.Policy(s), bustd.load_kernel_calls(), log,
-                         bustd.Notifier(s, helpers, log), helpers)
+        d = bustd.build_daemon(s, bustd.load_kernel_calls(), log)
         d.start()
         d.step()
         self.assertIsNone(child.poll())
@@ -4071,6 +4071,101 @@ class RelaunchTest(TempDirTest):
         self.assertEqual(argv[-4:-1], [b'-n', b'--proc', self.proc.root.encode()])
 
 
+class BuildDaemonTest(TempDirTest):
+    """build_daemon, the one place a Daemon is put together, for the daemon and the tests."""
+
+    def setUp(self):
+        super(BuildDaemonTest, self).setUp()
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=6 * GIB)
+
+    def test_the_parts_are_wired_as_the_settings_say(self):
+        s = settings(self.proc, unkillables=['sshd'], metrics_file=self.tmp + '/bustd.prom')
+        log, sink = make_log()
+        calls = no_kernel_calls()
+        environ = {'NOTIFY_SOCKET': '@bustd-test', 'PATH': ''}
+        flags = bustd.Flags()
+        flags.pid = 0                                     # as before a daemonize fork
+        d = bustd.build_daemon(s, calls, log, environ=environ, flags=flags)
+        self.assertIs(d.settings, s)
+        self.assertIs(d.calls, calls)
+        self.assertIs(d.log, log)
+        self.assertIsInstance(d.sensor, bustd.MachineSensor)
+        self.assertEqual(d.sensor.proc, self.proc.root)
+        self.assertTrue(d.sensor.has_mem_available)      # checked: meminfo was read
+        self.assertIsNone(d.policy.only_uid)
+        self.assertEqual(d.policy.globs, ['sshd'])
+        self.assertIs(d.helpers.log, log)
+        self.assertIs(d.notifier.helpers, d.helpers)
+        self.assertIs(d.notifier.settings, s)
+        self.assertIs(d.notifier.environ, environ)
+        self.assertEqual(d.service.address, '\0bustd-test')
+        self.assertIsInstance(d.waiter, bustd.Waiter)
+        self.assertIs(d.sleep, d.waiter)
+        self.assertIs(d.far_sleep, d.waiter)
+        self.assertIs(d.clock, time.monotonic)
+        self.assertIs(d.flags, flags)
+        self.assertEqual(flags.pid, os.getpid())
+        self.assertEqual((d.metrics.path, d.metrics.mode), (s.metrics_file, 'machine'))
+
+    def test_given_parts_clock_and_sleep_are_used_as_they_are(self):
+        s = settings(self.proc)
+        log, sink = make_log()
+        sensor = bustd.MachineSensor(s.proc)
+        sensor.check()
+        policy = bustd.Policy(s, 4242)
+        clock, sleep = (lambda: 7.0), (lambda seconds: None)
+        d = bustd.build_daemon(s, no_kernel_calls(), log, sensor, policy, clock=clock,
+                               sleep=sleep)
+        self.assertIs(d.sensor, sensor)
+        self.assertIs(d.policy, policy)
+        self.assertIs(d.clock, clock)
+        self.assertIs(d.sleep, sleep)
+        self.assertIsNone(d.waiter)
+        self.assertIsNone(d.far_sleep)
+        self.assertIsNone(d.metrics)                      # no --metrics-file
+        self.assertEqual(d.flags.pid, os.getpid())
+
+    def test_the_sensors_warnings_are_logged(self):
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=6 * GIB, with_available=False)
+        log, sink = make_log()
+        d = bustd.build_daemon(settings(self.proc), no_kernel_calls(), log)
+        self.assertFalse(d.sensor.has_mem_available)
+        self.assertIn('MemAvailable', sink.text())
+
+    def test_the_threshold_event_is_rearmed_with_each_set_of_thresholds(self):
+        fds = []
+
+        class EventSensor(bustd.MachineSensor):
+            def threshold_event_fd(self, calls, th):
+                r, w = os.pipe()
+                os.close(w)
+                fds.append(r)
+                return r
+        s = settings(self.proc)
+        log, sink = make_log()
+        sensor = EventSensor(s.proc)
+        sensor.check()
+        d = bustd.build_daemon(s, no_kernel_calls(), log, sensor)
+        self.addCleanup(d.waiter.watch_threshold, None)
+        d.start()
+        self.assertEqual(fds, [d.waiter.threshold_fd])
+        self.assertTrue(d.waiter.far_events)             # far sleeps poll it too
+        d.step()                                          # same totals: same thresholds
+        self.assertEqual(len(fds), 1)
+        self.proc.meminfo(total_kib=4 * GIB, avail_kib=3 * GIB)
+        d.step()
+        self.assertEqual(len(fds), 2)
+        self.assertEqual(d.waiter.threshold_fd, fds[1])
+        self.assertRaises(OSError, os.fstat, fds[0])      # the old one is closed
+
+    def test_a_bad_cgroup_is_a_usage_error(self):
+        s = settings(self.proc, cgroup='/no/such/bustd-test-group')
+        with self.assertRaises(bustd.UsageError) as caught:
+            bustd.build_daemon(s, no_kernel_calls(), make_log()[0])
+        self.assertIn('--cgroup', str(caught.exception))
+
+
+
 class DocumentationTest(unittest.TestCase):
     def readme_options(self):
         """Return {flag: default cell} from the README's options table."""
@@ -4257,10 +4352,7 @@ class HostileProcTest(TempDirTest):
     def daemon(self, calls=None, **kw):
         log, sink = make_log(verbose=True)
         s = settings(self.proc, **kw)
-        sensor = bustd.MachineSensor(s.proc, log=log)
-        sensor.check()
-        d = bustd.Daemon(s, sensor, bustd.Policy(s), calls or refusing_calls(), log,
-                         sleep=lambda seconds: None)
+        d = bustd.build_daemon(s, calls or refusing_calls(), log, sleep=lambda seconds: None)
         d.start()
         return d, sink
 
@@ -4708,9 +4800,7 @@ class PromptStopTest(TempDirTest):
         calls.pidfd_send_signal = send_then_sigterm
         log, sink = make_log()
         s = settings(self.proc)
-        sensor = bustd.MachineSensor(s.proc)
-        sensor.check()
-        d = bustd.Daemon(s, sensor, bustd.Policy(s), calls, log)
+        d = bustd.build_daemon(s, calls, log)
         d.start()
         saved = dict((n, signal.getsignal(n)) for n in (signal.SIGTERM, signal.SIGINT,
                                                          signal.SIGHUP, signal.SIGUSR1))
@@ -4839,13 +4929,10 @@ class FuzzProcTest(TempDirTest):
                 log, sink = make_log(verbose=True)
                 s = settings(proc, kill_pgroup=rnd.random() < 0.3,
                              sort_by_rss=rnd.random() < 0.3)
-                sensor = bustd.MachineSensor(s.proc, log=log)
                 try:
-                    sensor.check()
+                    d = bustd.build_daemon(s, refusing_calls(), log, sleep=lambda seconds: None)
                 except bustd.EnvironmentProblem:
                     continue
-                d = bustd.Daemon(s, sensor, bustd.Policy(s), refusing_calls(), log,
-                                 sleep=lambda seconds: None)
                 d.start()
                 for _ in range(3):
                     d.step()
@@ -5172,10 +5259,7 @@ class MetricsTest(TempDirTest):
     def loop(self, clock, report_s=0.0):
         log, sink = make_log()
         s = settings(self.proc, report_interval_s=report_s)
-        sensor = bustd.MachineSensor(s.proc)
-        sensor.check()
-        d = bustd.Daemon(s, sensor, bustd.Policy(s), no_kernel_calls(), log,
-                         clock=clock, sleep=lambda seconds: None)
+        d = bustd.build_daemon(s, no_kernel_calls(), log, clock=clock, sleep=lambda seconds: None)
         d.start()
         d.metrics = bustd.Metrics(os.path.join(self.tmp, 'bustd.prom'), 'machine')
         return d, sink
