@@ -3844,7 +3844,10 @@ class Waiter(object):
         """Watch the cgroup threshold eventfd fd (None: none) instead of the last one,
         which is closed: each set of thresholds has its own eventfd."""
         if self.threshold_fd is not None:
-            self.poller.unregister(self.threshold_fd)
+            try:
+                self.poller.unregister(self.threshold_fd)
+            except KeyError:
+                pass     # __call__ dropped it already on POLLERR (the cgroup went away)
             os.close(self.threshold_fd)
         self.threshold_fd = fd
         if fd is not None:

@@ -3661,6 +3661,17 @@ class HelpersTest(TempDirTest):
         waiter(0.05)
         self.assertIsNone(waiter.woken_by)                # nothing watched: a plain sleep
 
+    def test_a_threshold_eventfd_dropped_on_an_error_is_replaced_without_an_error(self):
+        waiter = bustd.Waiter()
+        r, w = os.pipe()
+        waiter.watch_threshold(w)          # a pipe's write end polls POLLERR once its reader is gone
+        os.close(r)
+        waiter(0.05)
+        self.assertEqual(waiter.woken_by, 'cgroup threshold')
+        waiter.watch_threshold(None)       # was: KeyError from poller.unregister
+        self.assertIsNone(waiter.threshold_fd)
+        self.assertRaises(OSError, os.fstat, w)
+
     def test_render_leaves_unknown_fields(self):
         self.assertEqual(bustd.render('{name} {nope}', {'name': 'x'}), 'x {nope}')
 
