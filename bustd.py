@@ -3230,19 +3230,29 @@ class FileSink(object):
 
 
 def open_log_file(path):
-    """Return an fd appending to path: a regular file or a character device, never a FIFO.
+    """Return an fd appending to path: a regular file or a character device, never a FIFO
+    or a symbolic link.
 
     O_NONBLOCK: opening a FIFO for writing would wait for a reader forever.
+    O_NOFOLLOW: root appending through a link planted at the path would write
+    into any file (/etc/passwd).
     """
     import stat as stat_module
     try:
-        mode = os.stat(path).st_mode
+        mode = os.lstat(path).st_mode
     except FileNotFoundError:
         mode = stat_module.S_IFREG
+    if stat_module.S_ISLNK(mode):
+        raise OSError(errno.ELOOP, 'a symbolic link: give the path it leads to', path)
     fd = None
     if stat_module.S_ISREG(mode) or stat_module.S_ISCHR(mode):
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC |
-                     os.O_NONBLOCK | os.O_NOCTTY, 0o640)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC |
+                         os.O_NONBLOCK | os.O_NOCTTY | os.O_NOFOLLOW, 0o640)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:   # a link planted since the lstat
+                raise OSError(errno.ELOOP, 'a symbolic link: give the path it leads to', path)
+            raise
         mode = os.fstat(fd).st_mode   # what was opened, if the path changed meanwhile
     if not (stat_module.S_ISREG(mode) or stat_module.S_ISCHR(mode)):
         if fd is not None:

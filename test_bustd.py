@@ -2398,6 +2398,8 @@ CLI_CASES = [
     (1, '--pidfile DIR is a directory', '-n', '--pidfile', 'DIR', '--proc', 'FAKE'),
     (1, '--pidfile FIFO is not a regular file', '-n', '--pidfile', 'FIFO', '--proc', 'FAKE'),
     (1, '--pidfile LINK is a symbolic link', '-n', '--pidfile', 'LINK', '--proc', 'FAKE'),
+    (1, 'cannot open the log file LINK (a symbolic link', '-n', '--log-file', 'LINK',
+     '--proc', 'FAKE'),
     (1, '--pidfile MISSING/x.pid cannot be opened', '-n', '--pidfile', 'MISSING/x.pid',
      '--proc', 'FAKE'),
     (1, 'cannot open the log file FIFO (not a regular file)', '-n', '--log-file', 'FIFO',
@@ -3512,6 +3514,19 @@ class LogFallbackTest(TempDirTest):
         with self.assertRaises(OSError) as cm:
             bustd.FileSink(fifo)
         self.assertEqual(cm.exception.strerror, 'not a regular file')
+
+    def test_a_symlink_log_file_is_refused_and_its_target_untouched(self):
+        target = os.path.join(self.tmp, 'passwd')
+        with open(target, 'w') as f:
+            f.write('root:x:0:0::/root:/bin/sh\n')
+        for name, to in (('link', target), ('dangling', os.path.join(self.tmp, 'none'))):
+            link = os.path.join(self.tmp, name)
+            os.symlink(to, link)
+            with self.subTest(link=name), self.assertRaises(OSError) as cm:
+                bustd.FileSink(link).write(6, 'kill: SIGTERM pid=1')
+            self.assertEqual(cm.exception.errno, errno.ELOOP)
+        self.assertEqual(read_text(target), 'root:x:0:0::/root:/bin/sh\n')
+        self.assertFalse(os.path.exists(os.path.join(self.tmp, 'none')))
 
 
 class RelaunchTest(TempDirTest):
