@@ -4367,10 +4367,16 @@ def _template(text):
     """Return text if it formats with plain fields of the real types ({pid:>6}: yes,
     {name.__class__}: no); ValueError otherwise."""
     import _string
+    import re
     try:
-        for _, field, _, _ in _string.formatter_parser(text):
+        for _, field, spec, _ in _string.formatter_parser(text):
             if field is not None and field not in TEMPLATE_FIELDS:
                 raise KeyError(field)
+            # {pid:999999999} would allocate a GiB at every kill (and here).
+            if spec and ('{' in spec or any(len(n.lstrip('0')) > 3
+                                            for n in re.findall(r'[0-9]+', spec))):
+                raise ValueError('{%s:%s}: a nested field, or a width or precision above '
+                                 '999' % (field, printable(spec, 40)))
         text.format_map(TEMPLATE_EXAMPLE)
     except KeyError as exc:
         raise ValueError('unknown field {%s}; use %s (plain names, a format spec may follow '
