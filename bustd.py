@@ -4434,7 +4434,7 @@ def build_parser():
         def _print_message(self, message, file=None):
             # argparse >= 3.7 drops write errors: --help > /dev/full must say so.
             if message:
-                (file or sys.stderr).write(message)
+                (file or _stdout()).write(message)
 
     parser = Parser(prog=PROG, description=DESCRIPTION, add_help=False,
                     argument_default=argparse.SUPPRESS,
@@ -5431,6 +5431,7 @@ def _stderr(message):
 def main(argv=None):
     """Run bustd with argv (default sys.argv[1:]) in this interpreter; return the exit status."""
     flags = catch_signals(Flags())
+    open_standard_fds()
     settings, status = parse_or_status(sys.argv[1:] if argv is None else argv)
     if settings is None:
         return status
@@ -5446,12 +5447,36 @@ def parse_or_status(argv):
         return None, EXIT_USAGE
     except SystemExit as exc:   # --help, --version: argparse printed to sys.stdout
         try:
-            sys.stdout.flush()
+            _stdout().flush()
         except OSError as error:
             return None, _stdout_failed(error)
         return None, exc.code or 0
     except OSError as exc:      # from printing --help or --version
         return None, _stdout_failed(exc)
+
+
+def open_standard_fds():
+    """Open /dev/null on each of fds 0-2 that is closed (`bustd >&- 2>&-`).
+
+    Otherwise the log file or the pidfile would be opened as fd 0-2, which
+    daemonize points at /dev/null: the daemon logged nothing and lost its lock.
+    """
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)   # the lowest free fd: this one
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+            os.set_inheritable(fd, True)   # kept across relaunch's exec
+
+
+def _stdout():
+    """Return sys.stdout; OSError (EBADF) if fd 1 was closed when Python started."""
+    if sys.stdout is None:
+        raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+    return sys.stdout
 
 
 def _stdout_failed(exc):
@@ -5559,7 +5584,7 @@ def print_list(settings, policy, sensor, flags=None):
     try:
         processes = scan_processes(settings.proc, policy, sensor.member_pids())
         table = format_table(processes, settings.sort_by_rss, user_name_function()) + '\n'
-        out = getattr(sys.stdout, 'buffer', None)   # bytes: names need not be ASCII
+        out = getattr(_stdout(), 'buffer', None)   # bytes: names need not be ASCII
         if out is None:
             sys.stdout.write(table)
         else:
@@ -5720,6 +5745,7 @@ def _memfd_create_function():
 def launch(argv, code=None):
     """The program's entry point: parse argv, then relaunch isolated and run."""
     flags = catch_signals(Flags())
+    open_standard_fds()
     settings, status = parse_or_status(argv)
     if settings is None:
         return status

@@ -2485,6 +2485,15 @@ class CliTest(TempDirTest):
                 self.assertIn(fill(case[1]), lines[0])
                 self.assertEqual(out.stdout, '')
 
+    def test_a_closed_stdout_is_an_output_error(self):
+        for args in (['--list', '--proc', self.proc.root], ['--help'], ['--version']):
+            with self.subTest(args=args):
+                out = subprocess.run(['sh', '-c', 'exec "$@" >&-', 'sh', sys.executable, BUSTD]
+                                     + args, stderr=subprocess.PIPE, universal_newlines=True,
+                                     timeout=30)
+                self.assertEqual((out.returncode, out.stderr), (
+                    1, 'bustd: cannot write to stdout: Bad file descriptor\n'))
+
     def test_levels_are_checked_against_the_real_total(self):
         self.proc.meminfo(total_kib=8 * GIB, avail_kib=6 * GIB)
         ok = run_cli('--list', '-M', '1G', '--warn', '15', '--proc', self.proc.root)
@@ -3379,6 +3388,23 @@ class PidfileTest(TempDirTest):
         with open(self.pidfile) as f:
             self.assertEqual(int(f.read()), d.proc.pid)
         self.assertEqual(d.stop(), 0)
+        self.assertFalse(os.path.exists(self.pidfile))
+
+    def test_closed_standard_fds_keep_the_log_and_the_lock(self):
+        log = os.path.join(self.tmp, 'bustd.log')
+        argv = ['sh', '-c', 'exec "$@" <&- >&- 2>&-', 'sh', sys.executable, BUSTD, '--dry-run',
+                '--pidfile', self.pidfile, '--log-file', log, '--proc', self.proc.root]
+        first = subprocess.run(argv, timeout=30)
+        pid = int(read_text(self.pidfile) or 0)
+        self.addCleanup(lambda: pid and alive(pid) and os.kill(pid, signal.SIGKILL))
+        self.assertEqual(first.returncode, 0)
+        self.assertTrue(wait_until(lambda: 'ready: watching' in read_text(log)), read_text(log))
+        second = run_cli(*argv[6:], timeout=30)             # the lock is still held
+        self.assertEqual(second.returncode, 1)
+        self.assertIn('is locked by a running bustd (pid %d)' % pid, second.stderr)
+        os.kill(pid, signal.SIGTERM)
+        self.assertTrue(wait_until(lambda: not alive(pid)))
+        self.assertIn('SIGTERM received: exiting', read_text(log))
         self.assertFalse(os.path.exists(self.pidfile))
 
     def test_two_daemons_started_at_once_run_once(self):
