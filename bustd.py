@@ -5258,6 +5258,7 @@ def install_main(settings, out=None, euid=None):
     out = sys.stdout if out is None else out
     if settings.print_unit:
         out.write(SYSTEMD_UNIT)
+        out.flush()
         return EXIT_OK
     euid = os.geteuid() if euid is None else euid
     root = settings.install_root
@@ -5479,6 +5480,30 @@ def _stdout():
     return sys.stdout
 
 
+class OutputFailed(Exception):
+    """A write to stdout failed (args[0]: the OSError), as opposed to an install step."""
+
+
+class CheckedOutput(object):
+    """sys.stdout for --install and --print-unit: a failed write raises OutputFailed, so
+    that `--install | head -1` or `--print-unit > /dev/full` ends as --list does."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text):
+        try:
+            self.stream.write(text)
+        except OSError as exc:
+            raise OutputFailed(exc)
+
+    def flush(self):
+        try:
+            self.stream.flush()
+        except OSError as exc:
+            raise OutputFailed(exc)
+
+
 def _stdout_failed(exc):
     """Return the exit status after sys.stdout failed, leaving nothing to flush at exit."""
     null = os.open(os.devnull, os.O_WRONLY)
@@ -5498,7 +5523,12 @@ def _output_error(exc):
 def start(settings, flags=None):
     """Run with parsed settings; return the exit status (1: environment, 2: usage)."""
     if settings.install or settings.print_unit:
-        return install_main(settings)
+        try:
+            return install_main(settings, CheckedOutput(_stdout()))
+        except OutputFailed as failed:
+            return _stdout_failed(failed.args[0])
+        except OSError as exc:      # _stdout(): fd 1 was closed
+            return _stdout_failed(exc)
     if not sys.platform.startswith('linux'):
         _stderr('bustd runs on Linux only (this is %s)' % sys.platform)
         return EXIT_ENV

@@ -3298,7 +3298,10 @@ class OutputTest(TempDirTest):
         return p, err
 
     def test_writes_to_a_full_device_are_one_line_and_exit_1(self):
-        for argv in (['--list', '--proc', self.proc.root], ['--help'], ['--version']):
+        image = os.path.join(self.tmp, 'image')
+        for argv in (['--list', '--proc', self.proc.root], ['--help'], ['--version'],
+                     ['--print-unit'], ['--install', '--dry-run', '--root', image],
+                     ['--uninstall', '--dry-run', '--root', image]):
             with self.subTest(argv=argv), open('/dev/full', 'w') as full:
                 out = subprocess.run([sys.executable, BUSTD] + argv, stdout=full,
                                      stderr=subprocess.PIPE, universal_newlines=True,
@@ -3310,6 +3313,14 @@ class OutputTest(TempDirTest):
     def test_help_into_a_closed_pipe_is_quiet(self):
         p, err = self.run_into_a_closed_pipe('--help')
         self.assertEqual((p.returncode, err), (128 + signal.SIGPIPE, ''))
+
+    def test_install_output_into_a_closed_pipe_is_quiet(self):
+        image = os.path.join(self.tmp, 'image')
+        for argv in (['--print-unit'], ['--install', '--dry-run', '--root', image]):
+            with self.subTest(argv=argv):
+                p, err = self.run_into_a_closed_pipe(*argv)
+                self.assertEqual((p.returncode, err), (128 + signal.SIGPIPE, ''))
+        self.assertFalse(os.path.exists(image))
 
     def test_sigint_during_a_long_list_exits_130_quietly(self):
         self.big_tree(1500)                                  # more than a pipe holds
