@@ -641,10 +641,11 @@ def read_file(path, size=65536):
     """Return up to `size` bytes of a (small, kernel) file, or None if unreadable.
 
     os.open/os.read avoid the io module's buffer objects: this runs for
-    every process of every scan.
+    every process of every scan.  O_NONBLOCK (ignored by /proc and /sys): a
+    FIFO in a --proc tree reads as empty instead of hanging bustd.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError:
         return None
     try:
@@ -667,10 +668,10 @@ def read_small(path, size=4096):
 
     The kernel renders these files whole on the first read, so the loop of
     read_file (and its second, empty read) is not needed: this runs for
-    every process of a victim scan.
+    every process of a victim scan.  O_NONBLOCK: as read_file.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError:
         return None
     try:

@@ -739,6 +739,21 @@ class SleepTimeTest(unittest.TestCase):
 # ----------------------------------------------------------------------------
 
 class MachineSensorTest(TempDirTest):
+    def test_a_fifo_in_the_proc_tree_does_not_hang(self):
+        fifo = os.path.join(self.tmp, 'meminfo')
+        os.mkfifo(fifo)
+
+        def on_alarm(signum, frame):
+            raise AssertionError('reading a FIFO waited for a writer')
+        self.addCleanup(signal.signal, signal.SIGALRM, signal.signal(signal.SIGALRM, on_alarm))
+        signal.alarm(5)
+        self.addCleanup(signal.alarm, 0)
+        self.assertEqual(bustd.read_file(fifo), b'')
+        self.assertEqual(bustd.read_small(fifo), b'')
+        out = run_cli('--list', '--proc', self.tmp, timeout=30)
+        self.assertEqual(out.returncode, 1, out.stderr)
+        self.assertIn('meminfo', out.stderr)
+
     def test_exact_reading(self):
         self.proc.meminfo(total_kib=8 * GIB, avail_kib=3 * GIB, swap_total_kib=GIB,
                           swap_free_kib=512 * MIB)
