@@ -738,16 +738,20 @@ class SleepTimeTest(unittest.TestCase):
 # Kernel readers
 # ----------------------------------------------------------------------------
 
+def fail_after(test, seconds, why):
+    """Make a blocking call in test fail with `why` after `seconds` (SIGALRM)."""
+    def on_alarm(signum, frame):
+        raise AssertionError(why)
+    test.addCleanup(signal.signal, signal.SIGALRM, signal.signal(signal.SIGALRM, on_alarm))
+    signal.alarm(seconds)
+    test.addCleanup(signal.alarm, 0)
+
+
 class MachineSensorTest(TempDirTest):
     def test_a_fifo_in_the_proc_tree_does_not_hang(self):
         fifo = os.path.join(self.tmp, 'meminfo')
         os.mkfifo(fifo)
-
-        def on_alarm(signum, frame):
-            raise AssertionError('reading a FIFO waited for a writer')
-        self.addCleanup(signal.signal, signal.SIGALRM, signal.signal(signal.SIGALRM, on_alarm))
-        signal.alarm(5)
-        self.addCleanup(signal.alarm, 0)
+        fail_after(self, 5, 'reading a FIFO waited for a writer')
         self.assertEqual(bustd.read_file(fifo), b'')
         self.assertEqual(bustd.read_small(fifo), b'')
         out = run_cli('--list', '--proc', self.tmp, timeout=30)
@@ -3562,12 +3566,7 @@ class LogFallbackTest(TempDirTest):
     def test_a_fifo_log_file_is_refused_at_once(self):
         fifo = os.path.join(self.tmp, 'fifo')
         os.mkfifo(fifo)
-
-        def on_alarm(signum, frame):
-            raise AssertionError('opening a FIFO as the log waited for a reader')
-        self.addCleanup(signal.signal, signal.SIGALRM, signal.signal(signal.SIGALRM, on_alarm))
-        signal.alarm(5)
-        self.addCleanup(signal.alarm, 0)
+        fail_after(self, 5, 'opening a FIFO as the log waited for a reader')
         with self.assertRaises(OSError) as cm:
             bustd.FileSink(fifo)
         self.assertEqual(cm.exception.strerror, 'not a regular file')
