@@ -671,10 +671,11 @@ def read_file(path, size=65536):
     """Return up to `size` bytes of a (small, kernel) file, or None if unreadable.
 
     os.open/os.read avoid the io module's buffer objects: this runs for
-    every process of every scan.
+    every process of every scan.  O_NONBLOCK (ignored by /proc and /sys): a
+    FIFO in a --proc tree reads as empty instead of hanging bustd.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError:
         return None
     try:
@@ -697,10 +698,10 @@ def read_small(path, size=4096):
 
     The kernel renders these files whole on the first read, so the loop of
     read_file (and its second, empty read) is not needed: this runs for
-    every process of a victim scan.
+    every process of a victim scan.  O_NONBLOCK: as read_file.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError:
         return None
     try:
@@ -3453,19 +3454,29 @@ class FileSink(object):
 
 
 def open_log_file(path):
-    """Return an fd appending to path: a regular file or a character device, never a FIFO.
+    """Return an fd appending to path: a regular file or a character device, never a FIFO
+    or a symbolic link.
 
     O_NONBLOCK: opening a FIFO for writing would wait for a reader forever.
+    O_NOFOLLOW: root appending through a link planted at the path would write
+    into any file (/etc/passwd).
     """
     import stat as stat_module
     try:
-        mode = os.stat(path).st_mode
+        mode = os.lstat(path).st_mode
     except FileNotFoundError:
         mode = stat_module.S_IFREG
+    if stat_module.S_ISLNK(mode):
+        raise OSError(errno.ELOOP, 'a symbolic link: give the path it leads to', path)
     fd = None
     if stat_module.S_ISREG(mode) or stat_module.S_ISCHR(mode):
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC |
-                     os.O_NONBLOCK | os.O_NOCTTY, 0o640)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC |
+                         os.O_NONBLOCK | os.O_NOCTTY | os.O_NOFOLLOW, 0o640)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:   # a link planted since the lstat
+                raise OSError(errno.ELOOP, 'a symbolic link: give the path it leads to', path)
+            raise
         mode = os.fstat(fd).st_mode   # what was opened, if the path changed meanwhile
     if not (stat_module.S_ISREG(mode) or stat_module.S_ISCHR(mode)):
         if fd is not None:
@@ -4771,10 +4782,16 @@ def _template(text):
     """Return text if it formats with plain fields of the real types ({pid:>6}: yes,
     {name.__class__}: no); ValueError otherwise."""
     import _string
+    import re
     try:
-        for _, field, _, _ in _string.formatter_parser(text):
+        for _, field, spec, _ in _string.formatter_parser(text):
             if field is not None and field not in TEMPLATE_FIELDS:
                 raise KeyError(field)
+            # {pid:999999999} would allocate a GiB at every kill (and here).
+            if spec and ('{' in spec or any(len(n.lstrip('0')) > 3
+                                            for n in re.findall(r'[0-9]+', spec))):
+                raise ValueError('{%s:%s}: a nested field, or a width or precision above '
+                                 '999' % (field, printable(spec, 40)))
         text.format_map(TEMPLATE_EXAMPLE)
     except KeyError as exc:
         raise ValueError('unknown field {%s}; use %s (plain names, a format spec may follow '
@@ -4832,7 +4849,7 @@ def build_parser():
         def _print_message(self, message, file=None):
             # argparse >= 3.7 drops write errors: --help > /dev/full must say so.
             if message:
-                (file or sys.stderr).write(message)
+                (file or _stdout()).write(message)
 
     parser = Parser(prog=PROG, description=DESCRIPTION, add_help=False,
                     argument_default=argparse.SUPPRESS,
@@ -5657,6 +5674,7 @@ def install_main(settings, out=None, euid=None):
     out = sys.stdout if out is None else out
     if settings.print_unit:
         out.write(SYSTEMD_UNIT)
+        out.flush()
         return EXIT_OK
     euid = os.geteuid() if euid is None else euid
     root = settings.install_root
@@ -5863,6 +5881,7 @@ def _stderr(message):
 def main(argv=None):
     """Run bustd with argv (default sys.argv[1:]) in this interpreter; return the exit status."""
     flags = catch_signals(Flags())
+    open_standard_fds()
     settings, status = parse_or_status(sys.argv[1:] if argv is None else argv)
     if settings is None:
         return status
@@ -5878,12 +5897,60 @@ def parse_or_status(argv):
         return None, EXIT_USAGE
     except SystemExit as exc:   # --help, --version: argparse printed to sys.stdout
         try:
-            sys.stdout.flush()
+            _stdout().flush()
         except OSError as error:
             return None, _stdout_failed(error)
         return None, exc.code or 0
     except OSError as exc:      # from printing --help or --version
         return None, _stdout_failed(exc)
+
+
+def open_standard_fds():
+    """Open /dev/null on each of fds 0-2 that is closed (`bustd >&- 2>&-`).
+
+    Otherwise the log file or the pidfile would be opened as fd 0-2, which
+    daemonize points at /dev/null: the daemon logged nothing and lost its lock.
+    """
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)   # the lowest free fd: this one
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+            os.set_inheritable(fd, True)   # kept across relaunch's exec
+
+
+def _stdout():
+    """Return sys.stdout; OSError (EBADF) if fd 1 was closed when Python started."""
+    if sys.stdout is None:
+        raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+    return sys.stdout
+
+
+class OutputFailed(Exception):
+    """A write to stdout failed (args[0]: the OSError), as opposed to an install step."""
+
+
+class CheckedOutput(object):
+    """sys.stdout for --install and --print-unit: a failed write raises OutputFailed, so
+    that `--install | head -1` or `--print-unit > /dev/full` ends as --list does."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text):
+        try:
+            self.stream.write(text)
+        except OSError as exc:
+            raise OutputFailed(exc)
+
+    def flush(self):
+        try:
+            self.stream.flush()
+        except OSError as exc:
+            raise OutputFailed(exc)
 
 
 def _stdout_failed(exc):
@@ -5906,7 +5973,12 @@ def dispatch(settings, flags=None):
     """Install, or list, or run the daemon for parsed settings; return the exit status
     (1: environment, 2: usage)."""
     if settings.install or settings.print_unit:
-        return install_main(settings)
+        try:
+            return install_main(settings, CheckedOutput(_stdout()))
+        except OutputFailed as failed:
+            return _stdout_failed(failed.args[0])
+        except OSError as exc:      # _stdout(): fd 1 was closed
+            return _stdout_failed(exc)
     if not sys.platform.startswith('linux'):
         _stderr('bustd runs on Linux only (this is %s)' % sys.platform)
         return EXIT_ENV
@@ -5996,7 +6068,7 @@ def print_list(settings, policy, sensor, flags=None):
     try:
         processes = scan_processes(settings.proc, policy, sensor.member_pids())
         table = format_table(processes, settings.sort_by_rss, user_name_function()) + '\n'
-        out = getattr(sys.stdout, 'buffer', None)   # bytes: names need not be ASCII
+        out = getattr(_stdout(), 'buffer', None)   # bytes: names need not be ASCII
         if out is None:
             sys.stdout.write(table)
         else:
@@ -6148,6 +6220,7 @@ def _memfd_create_function():
 def launch(argv, code=None):
     """The program's entry point: parse argv, then relaunch isolated and run."""
     flags = catch_signals(Flags())
+    open_standard_fds()
     settings, status = parse_or_status(argv)
     if settings is None:
         return status

@@ -818,6 +818,15 @@ class FillModelTest(unittest.TestCase):
 # Kernel readers
 # ----------------------------------------------------------------------------
 
+def fail_after(test, seconds, why):
+    """Make a blocking call in test fail with `why` after `seconds` (SIGALRM)."""
+    def on_alarm(signum, frame):
+        raise AssertionError(why)
+    test.addCleanup(signal.signal, signal.SIGALRM, signal.signal(signal.SIGALRM, on_alarm))
+    signal.alarm(seconds)
+    test.addCleanup(signal.alarm, 0)
+
+
 class MachineSensorTest(TempDirTest):
     def test_the_reserve_is_the_kernels_not_doubled(self):
         # The schedule plans with MemFree - reserve: a doubled reserve halved idle sleeps.
@@ -827,6 +836,16 @@ class MachineSensorTest(TempDirTest):
         sensor.check()
         sensor.read_reserve()
         self.assertEqual(sensor.reserve_kib, 1000 * os.sysconf('SC_PAGE_SIZE') // 1024)
+
+    def test_a_fifo_in_the_proc_tree_does_not_hang(self):
+        fifo = os.path.join(self.tmp, 'meminfo')
+        os.mkfifo(fifo)
+        fail_after(self, 5, 'reading a FIFO waited for a writer')
+        self.assertEqual(bustd.read_file(fifo), b'')
+        self.assertEqual(bustd.read_small(fifo), b'')
+        out = run_cli('--list', '--proc', self.tmp, timeout=30)
+        self.assertEqual(out.returncode, 1, out.stderr)
+        self.assertIn('meminfo', out.stderr)
 
     def test_exact_reading(self):
         self.proc.meminfo(total_kib=8 * GIB, avail_kib=3 * GIB, swap_total_kib=GIB,
@@ -2753,7 +2772,7 @@ CLI_CASES = [
     (2, '--notify-title: bad template', '--notify', '--notify-title', '{'),
     (2, '--notify-title: bad template', '--notify', '--notify-title', '}'),
     (2, '--notify-title: bad template', '--notify', '--notify-title', '{name'),
-    (2, '--notify-title: unknown field {bogus}', '--notify', '--notify-title',
+    (2, '--notify-title: bad template', '--notify', '--notify-title',
      '{name:{bogus}}'),
     (2, '--notify-title: empty value', '--notify', '--notify-title', ''),
     (2, '-N/--exec-after', '-N', 'relative/hook'),
@@ -2803,6 +2822,11 @@ CLI_CASES = [
     (0, '', '--sort-by-rss', '-g', '--ignore-root-user', '--no-default-unkillables'),
     (0, '', '--notify', '--notify-title', '{pid:05d}'),
     (0, '', '--notify', '--notify-body', '{name!r} {rss:>10} {mem_percent}%'),
+    (2, '--notify-body: bad template', '--notify', '--notify-body', '{pid:99999999999}'),
+    (2, '--notify-title: bad template', '--notify', '--notify-title',
+     '{mem_percent:.99999999999}'),
+    (2, '--notify-body: bad template', '--notify', '--notify-body', '{pid:{uid}}'),
+    (0, '', '--notify', '--notify-body', '{pid:0999} {name:.12} {rss:>10}'),
     (0, '', '--warn', '50'),
     (0, '', '-r', '60'),
     (0, '', '-r', '0'),
@@ -2814,6 +2838,8 @@ CLI_CASES = [
     (1, '--pidfile DIR is a directory', '-n', '--pidfile', 'DIR', '--proc', 'FAKE'),
     (1, '--pidfile FIFO is not a regular file', '-n', '--pidfile', 'FIFO', '--proc', 'FAKE'),
     (1, '--pidfile LINK is a symbolic link', '-n', '--pidfile', 'LINK', '--proc', 'FAKE'),
+    (1, 'cannot open the log file LINK (a symbolic link', '-n', '--log-file', 'LINK',
+     '--proc', 'FAKE'),
     (1, '--pidfile MISSING/x.pid cannot be opened', '-n', '--pidfile', 'MISSING/x.pid',
      '--proc', 'FAKE'),
     (1, 'cannot open the log file FIFO (not a regular file)', '-n', '--log-file', 'FIFO',
@@ -2893,6 +2919,15 @@ class CliTest(TempDirTest):
                 self.assertTrue(lines[0].startswith('bustd: '), lines[0])
                 self.assertIn(fill(case[1]), lines[0])
                 self.assertEqual(out.stdout, '')
+
+    def test_a_closed_stdout_is_an_output_error(self):
+        for args in (['--list', '--proc', self.proc.root], ['--help'], ['--version']):
+            with self.subTest(args=args):
+                out = subprocess.run(['sh', '-c', 'exec "$@" >&-', 'sh', sys.executable, BUSTD]
+                                     + args, stderr=subprocess.PIPE, universal_newlines=True,
+                                     timeout=30)
+                self.assertEqual((out.returncode, out.stderr), (
+                    1, 'bustd: cannot write to stdout: Bad file descriptor\n'))
 
     def test_levels_are_checked_against_the_real_total(self):
         self.proc.meminfo(total_kib=8 * GIB, avail_kib=6 * GIB)
@@ -3774,7 +3809,10 @@ class OutputTest(TempDirTest):
         return p, err
 
     def test_writes_to_a_full_device_are_one_line_and_exit_1(self):
-        for argv in (['--list', '--proc', self.proc.root], ['--help'], ['--version']):
+        image = os.path.join(self.tmp, 'image')
+        for argv in (['--list', '--proc', self.proc.root], ['--help'], ['--version'],
+                     ['--print-unit'], ['--install', '--dry-run', '--root', image],
+                     ['--uninstall', '--dry-run', '--root', image]):
             with self.subTest(argv=argv), open('/dev/full', 'w') as full:
                 out = subprocess.run([sys.executable, BUSTD] + argv, stdout=full,
                                      stderr=subprocess.PIPE, universal_newlines=True,
@@ -3786,6 +3824,14 @@ class OutputTest(TempDirTest):
     def test_help_into_a_closed_pipe_is_quiet(self):
         p, err = self.run_into_a_closed_pipe('--help')
         self.assertEqual((p.returncode, err), (128 + signal.SIGPIPE, ''))
+
+    def test_install_output_into_a_closed_pipe_is_quiet(self):
+        image = os.path.join(self.tmp, 'image')
+        for argv in (['--print-unit'], ['--install', '--dry-run', '--root', image]):
+            with self.subTest(argv=argv):
+                p, err = self.run_into_a_closed_pipe(*argv)
+                self.assertEqual((p.returncode, err), (128 + signal.SIGPIPE, ''))
+        self.assertFalse(os.path.exists(image))
 
     def test_sigint_during_a_long_list_exits_130_quietly(self):
         self.big_tree(1500)                                  # more than a pipe holds
@@ -3864,6 +3910,23 @@ class PidfileTest(TempDirTest):
         with open(self.pidfile) as f:
             self.assertEqual(int(f.read()), d.proc.pid)
         self.assertEqual(d.stop(), 0)
+        self.assertFalse(os.path.exists(self.pidfile))
+
+    def test_closed_standard_fds_keep_the_log_and_the_lock(self):
+        log = os.path.join(self.tmp, 'bustd.log')
+        argv = ['sh', '-c', 'exec "$@" <&- >&- 2>&-', 'sh', sys.executable, BUSTD, '--dry-run',
+                '--pidfile', self.pidfile, '--log-file', log, '--proc', self.proc.root]
+        first = subprocess.run(argv, timeout=30)
+        pid = int(read_text(self.pidfile) or 0)
+        self.addCleanup(lambda: pid and alive(pid) and os.kill(pid, signal.SIGKILL))
+        self.assertEqual(first.returncode, 0)
+        self.assertTrue(wait_until(lambda: 'ready: watching' in read_text(log)), read_text(log))
+        second = run_cli(*argv[6:], timeout=30)             # the lock is still held
+        self.assertEqual(second.returncode, 1)
+        self.assertIn('is locked by a running bustd (pid %d)' % pid, second.stderr)
+        os.kill(pid, signal.SIGTERM)
+        self.assertTrue(wait_until(lambda: not alive(pid)))
+        self.assertIn('SIGTERM received: exiting', read_text(log))
         self.assertFalse(os.path.exists(self.pidfile))
 
     def test_two_daemons_started_at_once_run_once(self):
@@ -3995,15 +4058,23 @@ class LogFallbackTest(TempDirTest):
     def test_a_fifo_log_file_is_refused_at_once(self):
         fifo = os.path.join(self.tmp, 'fifo')
         os.mkfifo(fifo)
-
-        def on_alarm(signum, frame):
-            raise AssertionError('opening a FIFO as the log waited for a reader')
-        self.addCleanup(signal.signal, signal.SIGALRM, signal.signal(signal.SIGALRM, on_alarm))
-        signal.alarm(5)
-        self.addCleanup(signal.alarm, 0)
+        fail_after(self, 5, 'opening a FIFO as the log waited for a reader')
         with self.assertRaises(OSError) as cm:
             bustd.FileSink(fifo)
         self.assertEqual(cm.exception.strerror, 'not a regular file')
+
+    def test_a_symlink_log_file_is_refused_and_its_target_untouched(self):
+        target = os.path.join(self.tmp, 'passwd')
+        with open(target, 'w') as f:
+            f.write('root:x:0:0::/root:/bin/sh\n')
+        for name, to in (('link', target), ('dangling', os.path.join(self.tmp, 'none'))):
+            link = os.path.join(self.tmp, name)
+            os.symlink(to, link)
+            with self.subTest(link=name), self.assertRaises(OSError) as cm:
+                bustd.FileSink(link).write(6, 'kill: SIGTERM pid=1')
+            self.assertEqual(cm.exception.errno, errno.ELOOP)
+        self.assertEqual(read_text(target), 'root:x:0:0::/root:/bin/sh\n')
+        self.assertFalse(os.path.exists(os.path.join(self.tmp, 'none')))
 
 
 class RelaunchTest(TempDirTest):
