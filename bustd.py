@@ -57,7 +57,7 @@ try:
 except ImportError:  # not CPython
     import signal
 
-__version__ = '1.0.0'
+__version__ = '1.1.0'
 PROG = 'bustd'
 
 # ============================================================================
