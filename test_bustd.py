@@ -4408,13 +4408,21 @@ class NamespaceTest(TempDirTest):
         """The README's recipe: an init is PID 1, bustd and the app run under it."""
         skip_without_unshare(self)
         init = textwrap.dedent(r"""
-            import os, subprocess, sys
+            import os, signal, subprocess, sys
             child = subprocess.Popen(sys.argv[1:])
-            while True:     # PID 1: reap everything, leave with the app's status
+            while True:     # PID 1: reap everything until the app has gone
                 pid, status = os.wait()
                 if pid == child.pid:
                     sys.stdout.write('app status %d\n' % status)
-                    sys.exit(0)
+                    break
+            # Stop bustd with SIGTERM and wait for it: it logs its kill line
+            # before it exits, where --kill-child's SIGKILL could cut it off.
+            os.kill(-1, signal.SIGTERM)
+            try:
+                while True:
+                    os.wait()
+            except ChildProcessError:
+                sys.exit(0)
         """)
         # -m 99,98: "memory is low" on any machine, so no real pressure is
         # needed; inside the namespace only these processes exist.
