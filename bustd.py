@@ -2669,36 +2669,45 @@ class ArmedVictim(object):
     """A victim ranked ahead of time and held open, with what it takes to trust it later.
 
     `runner_up` is the lead metric of the best other process that may be
-    killed (or of a process born since, with --prefer), `avail_kib` the
-    exact available memory at the ranking and `total_kib` the RAM + swap
-    that oom_score divides by.  No other process can have grown by more
-    than the drop of available memory since the ranking (short of memory
-    freed meanwhile by a third), so a victim whose fresh metric still
-    exceeds runner_up plus that drop is still the one a full ranking picks.
+    killed (or of a process born since, with --prefer), `avail_kib` and
+    `swap_free_kib` the exact available memory and free swap at the ranking
+    and `total_kib` the RAM + swap that oom_score divides by.  No other
+    process can have grown by more than the drop of available memory plus
+    free swap since the ranking (short of memory freed meanwhile by a third,
+    or of pages already in memory newly mapped: a cached file, tmpfs), so a
+    victim whose fresh metric still exceeds runner_up plus that drop is
+    still the one a full ranking picks.  `pass_over_ends_s` is when the
+    first pass-over in force at the ranking ends: from then on a full
+    ranking may choose a process this one left out.
     """
-    __slots__ = ('victim', 'skipped', 'target', 'runner_up', 'avail_kib', 'total_kib', 'at_s')
+    __slots__ = ('victim', 'skipped', 'target', 'runner_up', 'avail_kib', 'swap_free_kib',
+                 'total_kib', 'at_s', 'pass_over_ends_s')
 
-    def __init__(self, target, skipped, runner_up, avail_kib, total_kib, at_s):
+    def __init__(self, target, skipped, runner_up, reading, at_s, pass_over_ends_s=None):
         self.victim = target.victim
         self.skipped = skipped
         self.target = target
         self.runner_up = runner_up
-        self.avail_kib = avail_kib
-        self.total_kib = total_kib
+        self.avail_kib = reading.mem_available_kib
+        self.swap_free_kib = reading.swap_free_kib
+        self.total_kib = reading.mem_total_kib + reading.swap_total_kib
         self.at_s = at_s
+        self.pass_over_ends_s = pass_over_ends_s
 
     def refusal(self, proc, policy, reading, member_pids, now_s):
         """Return why the victim may not be signalled now without a new ranking, or None.
 
         Re-reads the victim's stat, oom_score, oom_score_adj and owner, so
         the kernel rules (init, exiting, -1000, bustd itself), the admin's
-        rules (a new name or owner) and the start time (a recycled pid)
+        rules (a new name, owner or executable) and the start time (a recycled pid)
         apply to what it is now; on success self.victim is that fresh record.
         """
         if now_s - self.at_s > ARM_MAX_AGE_S:
             return 'the ranking is %.2f s old' % (now_s - self.at_s)
         if not reading.exact:
             return 'no exact reading'
+        if self.pass_over_ends_s is not None and now_s >= self.pass_over_ends_s:
+            return 'a process passed over at the ranking may be chosen again'
         old = self.victim
         fresh = read_process(proc, old.pid, os.sysconf('SC_PAGE_SIZE') // 1024)
         if fresh is None:
@@ -2711,15 +2720,16 @@ class ArmedVictim(object):
             return fresh.never
         if member_pids is not None and fresh.pid not in member_pids:
             return 'it left the watched cgroup'
-        if fresh.name == old.name and fresh.uid == old.uid and not policy.match_cmdline:
-            # The rules see only the name and the owner: the ranking's verdict stands.
-            fresh.protected, fresh.preference = old.protected, old.preference
-            fresh.badness = fresh.oom_score + PREFER_ADJUST * fresh.preference
-        else:
-            policy.classify(fresh)
+        # Always again: a default protection also reads status and exe, which
+        # exec (of a root-owned "dpkg", same comm, same owner) changes.
+        policy.classify(fresh)
         if fresh.protected:
             return 'it is protected now (%s)' % fresh.protected
-        dropped_kib = max(0, self.avail_kib - reading.mem_available_kib)
+        # Memory a process grows by comes from available memory, or from swap
+        # when the kernel swaps others out to make room (available holds still).
+        dropped_kib = max(0, self.avail_kib - reading.mem_available_kib,
+                          self.avail_kib + self.swap_free_kib
+                          - reading.mem_available_kib - reading.swap_free_kib)
         if policy.sort_by_rss:
             bound = dropped_kib
         else:    # oom_score is in thousandths of RAM + swap, truncated: +1
@@ -2728,7 +2738,8 @@ class ArmedVictim(object):
             return 'another process may have caught up (%d MiB used since the ranking)' % (
                 dropped_kib // 1024)
         fresh.cmdline = old.cmdline if fresh.cmdline is None else fresh.cmdline
-        self.victim = fresh
+        # The kill line and its "chose ... because" come from the target.
+        self.victim = self.target.victim = self.target.members[0] = fresh
         return None
 
 
@@ -4121,9 +4132,9 @@ class Daemon(object):
                      if self.passed_over.get((p.pid, p.starttime), 0) <= now]
         victim, skipped, runner_up = rank_for_arming(processes, self.policy)
         old, self.armed = self.armed, None
-        if old is not None and (victim is None or old.victim.pid != victim.pid
+        if old is not None and (victim is None or not exact.exact or old.victim.pid != victim.pid
                                 or old.victim.starttime != victim.starttime):
-            old.target.close()
+            old.target.close()     # not reused below: a pidfd would leak
             old = None
         if victim is not None and exact.exact:
             if old is not None:
@@ -4133,8 +4144,9 @@ class Daemon(object):
                 target = Target(victim, self.calls, s.proc)
             if old is not None or target.open():
                 victim.cmdline = read_cmdline(s.proc, victim.pid)
-                self.armed = ArmedVictim(target, skipped, runner_up, exact.mem_available_kib,
-                                         exact.mem_total_kib + exact.swap_total_kib, now)
+                ends = [until for until in self.passed_over.values() if until > now]
+                self.armed = ArmedVictim(target, skipped, runner_up, exact, now,
+                                         min(ends) if ends else None)
         self.next_arm = now + max(ARM_REFRESH_S, ARM_COST_FACTOR * (self.clock() - started))
 
     def disarm(self):

@@ -1585,6 +1585,25 @@ class PreArmedVictimTest(TempDirTest):
         d.arm(now[0])                    # ranks again: the runner-up is armed instead
         self.assertEqual(d.armed.victim.pid, self.PID + 1)
 
+    def test_a_pass_over_ending_after_the_ranking_forces_a_new_one(self):
+        # The ranking left out a bigger process passed over until now + 0.5 s;
+        # a full ranking after that would choose it again, not the armed hog.
+        self.proc.add(self.PID, 'hog', oom_score=600)
+        self.proc.add(self.PID + 2, 'stuck', oom_score=900)
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=1100 * MIB)
+        d, sink, now = self.daemon()
+        d.passed_over[(self.PID + 2, 5000)] = now[0] + 0.5
+        d.step()
+        self.assertEqual(d.armed.victim.pid, self.PID)
+        d.sensor.read_exact(d.reading, d.th)
+        self.assertIsNone(d.armed.refusal(d.settings.proc, d.policy, d.reading, None,
+                                          now[0] + 0.4))
+        self.assertEqual(d.armed.refusal(d.settings.proc, d.policy, d.reading, None,
+                                         now[0] + 0.5),
+                         'a process passed over at the ranking may be chosen again')
+        now[0] += 0.5
+        self.assertEqual(d.choose(now[0])[0].pid, self.PID + 2)
+
     def test_the_kills_per_minute_cap_holds_for_a_pre_armed_victim(self):
         d, sink, now = self.armed_in_a_fake_tree()
         d.kill_times = [now[0] - 1] * bustd.KILLS_PER_WINDOW
@@ -1666,6 +1685,96 @@ class PreArmedVictimTest(TempDirTest):
         now[0] += 1
         d.step()
         self.assertEqual(d.armed.runner_up, bustd.PREFER_ADJUST)
+
+    def test_a_default_protection_gained_by_exec_is_seen_with_the_same_name_and_owner(self):
+        # A process named "dpkg" by prctl, run by a user from their own binary,
+        # is no package manager; after exec of a root-owned dpkg its comm and
+        # owner are unchanged, but a full ranking protects it now.
+        binary = os.path.realpath(sys.executable)
+        if os.stat(binary).st_uid != 0:
+            self.skipTest('the Python binary is not root-owned here')
+        self.proc.add(self.PID, 'dpkg', oom_score=600)
+        self.proc.add(self.PID + 1, 'other', oom_score=300)
+        self.proc.write('%d/status' % self.PID, b'Uid:\t1000\t1000\t1000\t1000\n')
+        exe = os.path.join(self.proc.root, str(self.PID), 'exe')
+        os.symlink(binary, exe)
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=1100 * MIB)
+        d, sink, now = self.daemon()
+        d.step()
+        self.assertEqual(d.armed.victim.pid, self.PID)      # not what the glob means
+        os.unlink(exe)
+        os.symlink(os.path.join(self.tmp, 'dpkg'), exe)
+        os.symlink(binary, os.path.join(self.tmp, 'dpkg'))  # a root-owned file named dpkg
+        d.sensor.read_exact(d.reading, d.th)
+        self.assertEqual(d.armed.refusal(d.settings.proc, d.policy, d.reading, None, now[0]),
+                         'it is protected now (default: dpkg)')
+        self.assertEqual(bustd.find_victim(d.settings.proc, d.policy)[0].pid, self.PID + 1)
+
+    def test_growth_absorbed_by_swap_counts_as_used_memory(self):
+        # The runner-up grows by 1 GiB while the kernel swaps 1 GiB of others
+        # out: available memory does not move, its oom_score rises by ~111.
+        self.proc.add(self.PID, 'hog', oom_score=600)
+        self.proc.add(self.PID + 1, 'other', oom_score=500)
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=1100 * MIB,
+                          swap_total_kib=1 * GIB, swap_free_kib=1 * GIB)
+        d, sink, now = self.daemon()
+        d.step()
+        self.assertEqual(d.armed.victim.pid, self.PID)
+        self.proc.add(self.PID + 1, 'other', oom_score=611)
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=1100 * MIB,
+                          swap_total_kib=1 * GIB, swap_free_kib=0)
+        d.sensor.read_exact(d.reading, d.th)
+        why = d.armed.refusal(d.settings.proc, d.policy, d.reading, None, now[0])
+        self.assertTrue(why and why.startswith('another process may have caught up'), why)
+
+    def test_the_held_pidfd_is_closed_when_a_ranking_has_no_exact_reading(self):
+        calls = bustd.load_kernel_calls()
+        if calls.pidfd_open is None:
+            self.skipTest('no pidfds here')
+        child = start_victim()
+        self.addCleanup(stop, child)
+        self.proc.link(child.pid)
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=1100 * MIB)
+        d, sink, now = self.daemon(calls=calls)
+        d.step()
+        held = d.armed.target
+        self.assertEqual(list(held.fds), [child.pid])
+        self.proc.write('meminfo', b'MemTotal: 8 kB\n')          # unreadable figures
+        now[0] += bustd.ARM_REFRESH_S
+        d.arm(now[0])                    # the same victim, but no exact reading: let go
+        self.assertIsNone(d.armed)
+        self.assertEqual(held.fds, {})
+
+    def test_the_kill_line_shows_the_victim_as_validated_not_as_ranked(self):
+        # Pidfds stood in for by a pipe: "signalled" writes to it, which
+        # reads as the exit; nothing real is signalled.
+        r, w = os.pipe()
+        self.addCleanup(os.close, r)
+        self.addCleanup(os.close, w)
+        sent = []
+
+        def send(fd, sig):
+            sent.append(sig)
+            os.write(w, b'x')
+            self.proc.meminfo(total_kib=8 * GIB, avail_kib=6 * GIB)
+        calls = no_kernel_calls()
+        calls.pidfd_open = lambda pid: os.dup(r)
+        calls.pidfd_send_signal = send
+        self.proc.add(self.PID, 'hog', oom_score=600)
+        self.proc.add(self.PID + 1, 'other', oom_score=300)
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=1100 * MIB)
+        d, sink, now = self.daemon(calls=calls)
+        d.step()
+        self.assertEqual(d.armed.victim.name, 'hog')
+        self.proc.add(self.PID, 'renamed', oom_score=700)
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=700 * MIB)       # SIGTERM
+        now[0] += 0.1
+        self.assertEqual(d.step(), 0.0)
+        self.assertEqual(sent, [signal.SIGTERM])
+        text = sink.text()
+        self.assertIn('kill: SIGTERM pid=%d uid=%d name="renamed" oom_score=700 '
+                      % (self.PID, os.getuid()), text)
+        self.assertIn('(pre-armed)', text)
 
     def test_a_refused_victim_falls_back_to_a_full_ranking(self):
         d, sink, now = self.armed_in_a_fake_tree(dry_run=True)
