@@ -807,13 +807,12 @@ def in_initial_pid_namespace(proc='/proc'):
         return None
 
 
-def read_psi_avg10(path, log, what):
-    """Return (some_avg10, full_avg10) of a PSI file; garbage costs one warning, not a decision."""
-    data = read_small(path, 512) or b''
+def checked_psi_avg10(data, log, path):
+    """Return (some_avg10, full_avg10) of PSI file data; garbage costs one warning, not a decision."""
     some, full = parse_psi(data)
     if some is None and data and log is not None:
         log.warn_once('psi:' + path, 'ignoring %s: no "some avg10" between 0 and 100 in %r'
-                      % (what, printable(data.decode('utf-8', 'replace'), 80)))
+                      % (path, printable(data.decode('utf-8', 'replace'), 80)))
     return some, full
 
 
@@ -860,14 +859,16 @@ class Sensor(object):
         total= counter feeds the thrashing rule, which measures its own windows.
         """
         reading.forget_pressure()
-        if not self.has_psi:
+        want_avg10 = th is None or reading.mem_available_kib <= th.psi_mem_max_kib
+        want_total = th is None or th.thrash_stall_ms is not None
+        if not self.has_psi or not (want_avg10 or want_total):
             return
-        if th is None or reading.mem_available_kib <= th.psi_mem_max_kib:
-            reading.psi_some_avg10, reading.psi_full_avg10 = read_psi_avg10(
-                self.psi_path, self.log, self.psi_path)
-        if th is None or th.thrash_stall_ms is not None:
-            reading.stall_total_us = parse_psi_total_us(
-                read_small(self.psi_path, 512) or b'')
+        data = read_small(self.psi_path, 512) or b''    # one read serves both rules
+        if want_avg10:
+            reading.psi_some_avg10, reading.psi_full_avg10 = checked_psi_avg10(
+                data, self.log, self.psi_path)
+        if want_total:
+            reading.stall_total_us = parse_psi_total_us(data)
 
     def read_zram(self, reading):
         """Fill the zram figures: what zram swap holds, and the RAM that really costs."""

@@ -920,6 +920,24 @@ class MachineSensorTest(TempDirTest):
         self.assertTrue(r.exact)
         self.assertEqual(r.mem_available_kib, 300 * MIB)
 
+    def test_one_read_of_the_pressure_file_serves_both_rules(self):
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=512 * MIB)     # below the PSI rule's 15 %
+        self.proc.psi(30.0, full_total_us=4242)
+        sensor = bustd.MachineSensor(self.proc.root)
+        sensor.check()
+        th = bustd.compute_thresholds(bustd.Settings(), 8 * GIB, 0)
+        reads = []
+        real = bustd.read_small
+
+        def counting(path, *args):
+            reads.append(path)
+            return real(path, *args)
+        bustd.read_small = counting
+        self.addCleanup(setattr, bustd, 'read_small', real)
+        r = sensor.read_exact(bustd.Reading(), th)
+        self.assertEqual((r.psi_some_avg10, r.stall_total_us), (30.0, 4242))
+        self.assertEqual(reads.count(sensor.psi_path), 1)
+
     def test_stall_total_anon_and_zram_figures(self):
         sys_fs = os.path.join(self.tmp, 'sys')
         os.makedirs(os.path.join(sys_fs, 'block', 'zram0'))
