@@ -3122,15 +3122,14 @@ class CliTest(TempDirTest):
         setpriv = shutil.which('setpriv')
         if setpriv is None or os.geteuid() != 0:
             self.skipTest('needs root and setpriv (util-linux) to drop capabilities')
-        d = subprocess.Popen([setpriv, '--bounding-set', '-kill,-ipc_lock', '--inh-caps',
-                              '-kill,-ipc_lock', '--', sys.executable, BUSTD, '-n',
-                              '--proc', self.proc.root],
-                             stderr=subprocess.PIPE, universal_newlines=True)
+        path = os.path.join(self.tmp, 'stderr')
+        d = popen_logging_to(path, [setpriv, '--bounding-set', '-kill,-ipc_lock', '--inh-caps',
+                                    '-kill,-ipc_lock', '--', sys.executable, BUSTD, '-n',
+                                    '--proc', self.proc.root])
         self.addCleanup(stop, d)
-        time.sleep(2)
-        d.terminate()
-        _, err = d.communicate(timeout=10)
-        self.assertEqual(d.returncode, 0, err)
+        wait_until(lambda: 'ready: watching' in read_text(path) or d.poll() is not None, 30)
+        code, err = stop_and_read(d, path)
+        self.assertEqual(code, 0, err)
         self.assertEqual(err.count('no CAP_KILL (not root?): only processes of uid 0 can be '
                                    'killed'), 1)
         self.assertEqual(err.count('not locking memory (no CAP_IPC_LOCK)'), 1)
@@ -3226,6 +3225,18 @@ def read_text(path):
             return f.read()
     except OSError:
         return ''
+
+
+def popen_logging_to(path, argv, **popen):
+    """Popen argv with its stderr in the file at path, so a test can wait for a line."""
+    with open(path, 'w') as err:
+        return subprocess.Popen(argv, stderr=err, **popen)
+
+
+def stop_and_read(d, path):
+    """SIGTERM a daemon started by popen_logging_to; its exit code and its whole stderr."""
+    d.terminate()
+    return d.wait(30), read_text(path)
 
 
 def wait_until(predicate, timeout=10):
@@ -3431,14 +3442,18 @@ class NoCtypesTest(TempDirTest):
                 "g = {'__name__': 'bustd_noctypes', '__file__': p}; "
                 "exec(compile(open(p).read(), p, 'exec'), g); "
                 "sys.exit(g['main'](sys.argv[2:]))")
-        d = subprocess.Popen([sys.executable, '-c', shim, BUSTD, '-n', '--proc', self.proc.root],
-                             stderr=subprocess.PIPE, universal_newlines=True)
+        path = os.path.join(self.tmp, 'stderr')
+        d = popen_logging_to(path, [sys.executable, '-c', shim, BUSTD, '-n', '--proc',
+                                    self.proc.root])
         self.addCleanup(stop, d)
         wait_until(lambda: child.poll() is not None or d.poll() is not None, 30)
         self.assertEqual(child.poll(), -signal.SIGTERM, d.poll())
-        d.terminate()
-        _, err = d.communicate(timeout=10)
-        self.assertEqual(d.returncode, 0, err)
+        # Without pidfd, bustd learns of the death at its next check: wait for
+        # that line, since SIGTERM (rightly) cuts a kill wait short.
+        wait_until(lambda: 'exited: pid=%d' % child.pid in read_text(path) or
+                   d.poll() is not None, 30)
+        code, err = stop_and_read(d, path)
+        self.assertEqual(code, 0, err)
         self.assertIn('running without ctypes (no sysinfo, mlockall, process_mrelease)', err)
         self.assertIn('kill: SIGTERM pid=%d' % child.pid, err)
         self.assertIn('exited: pid=%d' % child.pid, err)
@@ -3974,15 +3989,15 @@ class OutputTest(TempDirTest):
 
 class StartupSignalsTest(TempDirTest):
     def test_sighup_and_sigusr1_before_the_handlers_are_acted_on(self):
-        d = with_pending([signal.SIGHUP, signal.SIGUSR1], '-n', '--proc', self.proc.root)
+        path = os.path.join(self.tmp, 'stderr')
+        with open(path, 'w') as log:
+            d = with_pending([signal.SIGHUP, signal.SIGUSR1], '-n', '--proc', self.proc.root,
+                             stderr=log)
         self.addCleanup(stop, d)
-        self.assertTrue(wait_until(lambda: d.poll() is not None or alive(d.pid) and
-                                   'kills so far' in read_text('/proc/%d/cmdline' % d.pid)
-                                   or True, 1))
-        time.sleep(3)
-        d.terminate()
-        out, err = d.communicate(timeout=30)
-        self.assertEqual(d.returncode, 0, err)
+        wait_until(lambda: 'status: kills so far' in read_text(path) or d.poll() is not None, 30)
+        code, err = stop_and_read(d, path)
+        d.stdout.close()
+        self.assertEqual(code, 0, err)
         self.assertIn('ready: watching', err)
         self.assertIn('SIGHUP: reopened the log (stderr)', err)
         self.assertIn('status: kills so far: 0', err)
@@ -4260,12 +4275,12 @@ class RelaunchTest(TempDirTest):
         shim = ("import sys; p = sys.argv[1]; g = {'__name__': 'shim', '__file__': p}; "
                 "exec(compile(open(p).read(), p, 'exec'), g); "
                 "sys.exit(g['launch'](sys.argv[2:]))")
-        d = subprocess.Popen([sys.executable, '-c', shim, BUSTD, '-n', '--proc',
-                              self.proc.root], stderr=subprocess.PIPE, universal_newlines=True)
+        path = os.path.join(self.tmp, 'stderr')
+        d = popen_logging_to(path, [sys.executable, '-c', shim, BUSTD, '-n', '--proc',
+                                    self.proc.root])
         self.addCleanup(stop, d)
-        time.sleep(2)
-        d.terminate()
-        _, err = d.communicate(timeout=30)
+        wait_until(lambda: 'ready: watching' in read_text(path) or d.poll() is not None, 30)
+        _, err = stop_and_read(d, path)
         self.assertEqual(err.count('warning: cannot relaunch in an isolated interpreter (no '
                                    'code object of this module): running in this one'), 1, err)
         self.assertIn('ready: watching', err)
