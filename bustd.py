@@ -111,14 +111,18 @@ LIMIT_REFRESH_S = 1.0   # cgroup limits are re-read at most this often
 # between two polls faster than the model raises the rate at once.
 CALIBRATE_KIB = 16 * 1024
 CALIBRATE_REPEATS = 3
+CALIBRATE_TIMEOUT_S = 5.0   # a calibration stuck in reclaim is abandoned: the cap is used
 FILL_SAFETY = 1.5
 FILL_FLOOR_KIB_S = 512 * 1024
 FILL_CAP_KIB_S = 8 * 1024 * 1024
 LEARNED_FORGET_S = 10.0   # a learned rate is kept this long after it was last seen
 # Idle wake-ups (readings far from every level) run a short loop: one
-# poll(2), one cheap reading, the schedule; the full step (thresholds,
-# reports, helpers, the watchdog, a warm victim) at least this often.
-IDLE_STEP_EVERY_S = 1.0
+# poll(2), one cheap reading, the schedule; the full step at least this
+# often, and sooner when a report or the metrics file is due (the watchdog
+# bounds it too).  Far from every level no rule can fire and the full step
+# reads cheaply too, so it adds nothing there but its cost: at 1 s it was
+# about a fifth of the idle CPU on the lab's small box.
+IDLE_STEP_EVERY_S = POLL_CEILING_S
 
 # The pre-armed victim.  Within ARM_BAND_PERCENT of the total above the
 # SIGTERM level (or in the exact-reading band, if wider) the processes are
@@ -729,19 +733,20 @@ class Reading(object):
     stall_total_us is PSI's "full" total= counter (None: unread or absent);
     anon_kib is anonymous and shared memory in RAM that swap does not also
     hold (AnonPages + Shmem - SwapCached; None: unknown); zram_stored_kib /
-    zram_ram_kib are what zram holds and the RAM that costs (0: no zram).
+    zram_ram_kib are what zram holds and the RAM that costs (0: no zram), and
+    zram_size_kib the size of the zram swaps (/proc/swaps).
     """
     __slots__ = ('mem_total_kib', 'mem_free_kib', 'mem_available_kib',
                  'swap_total_kib', 'swap_free_kib', 'anon_kib', 'psi_some_avg10',
                  'psi_full_avg10', 'stall_total_us', 'zram_stored_kib', 'zram_ram_kib',
-                 'exact')
+                 'zram_size_kib', 'exact')
 
     def __init__(self):
         self.mem_total_kib = self.mem_free_kib = self.mem_available_kib = 0
         self.swap_total_kib = self.swap_free_kib = 0
         self.anon_kib = None
         self.psi_some_avg10 = self.psi_full_avg10 = self.stall_total_us = None
-        self.zram_stored_kib = self.zram_ram_kib = 0
+        self.zram_stored_kib = self.zram_ram_kib = self.zram_size_kib = 0
         self.exact = False
 
     def forget_pressure(self):
@@ -834,6 +839,7 @@ class Sensor(object):
     uses_sysinfo = False
     has_mem_available = True
     zram_paths = ()
+    zram_size_kib = 0
 
     def read(self, reading, th):
         """Fill `reading`; exact only when the cheap figure is near th.trigger_kib."""
@@ -879,6 +885,7 @@ class Sensor(object):
                 stored += figures[0]
                 ram += figures[1]
         reading.zram_stored_kib, reading.zram_ram_kib = stored, ram
+        reading.zram_size_kib = self.zram_size_kib if ram else 0
 
     def cheap_room_kib(self, reading, th):
         """Return a cheap lower bound of available memory (filling totals), or None."""
@@ -894,14 +901,17 @@ class Sensor(object):
 
 
 def find_zram_swaps(proc, sys_fs):
-    """Return the mm_stat paths of the zram devices that are swap (/proc/swaps)."""
-    paths = []
+    """Return (mm_stat paths, total size in KiB) of the zram devices that are swap (/proc/swaps)."""
+    paths, size_kib = [], 0
     for line in (read_file(proc + '/swaps') or b'').split(b'\n')[1:]:
-        device = (line.split() or [b''])[0]
+        fields = line.split()
+        device = (fields or [b''])[0]
         name = os.path.basename(device.decode('utf-8', 'replace'))
         if device.startswith(b'/dev/zram') and name[4:].isdigit():
             paths.append('%s/block/%s/mm_stat' % (sys_fs, name))
-    return tuple(paths)
+            if len(fields) > 2 and fields[2].isdigit():    # Filename Type Size Used Priority
+                size_kib += int(fields[2])
+    return tuple(paths), size_kib
 
 
 class MachineSensor(Sensor):
@@ -956,7 +966,7 @@ class MachineSensor(Sensor):
                     format_kib(self.mem_total_kib))
             else:
                 self.read_reserve()
-        self.zram_paths = find_zram_swaps(self.proc, self.sys_fs)
+        self.zram_paths, self.zram_size_kib = find_zram_swaps(self.proc, self.sys_fs)
         # Polls start with the cheap sysinfo(2) reading only with both parts.
         self.uses_sysinfo = (self.sysinfo is not None and self.sysinfo_differs is None
                              and self.reserve_kib is not None)
@@ -986,7 +996,7 @@ class MachineSensor(Sensor):
                                        'against %s of memory; reading %s on every poll'
                                        % (self.proc, format_kib(reserve),
                                           format_kib(self.mem_total_kib), self.meminfo_path))
-        self.zram_paths = find_zram_swaps(self.proc, self.sys_fs)
+        self.zram_paths, self.zram_size_kib = find_zram_swaps(self.proc, self.sys_fs)
 
     def describe(self):
         """Return what the readings come from, for the start-up lines."""
@@ -1440,6 +1450,85 @@ def calibrate_fill_kib_s(size_kib=CALIBRATE_KIB, repeats=CALIBRATE_REPEATS,
     return best or None
 
 
+def calibrate_apart(calibrate=calibrate_fill_kib_s, timeout_s=CALIBRATE_TIMEOUT_S,
+                    stop=lambda: False, warn=lambda text: None):
+    """Return calibrate() as run in a forked child, or in this process if fork fails.
+
+    The mmap module the calibration needs would stay mapped in the daemon
+    for good (about 50 KiB of RSS, more than the rest of the calibration);
+    a child maps it, faults its memory in and exits.  A child that has not
+    answered within timeout_s (a start-up in the middle of a memory crisis),
+    or when stop() turns true (SIGTERM), is killed, and the answer is None:
+    the universal worst case.  warn(text) says why the calibration was not
+    done as designed.
+    """
+    import select
+    read_fd = write_fd = None
+    try:
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+    except OSError as exc:
+        for fd in (read_fd, write_fd):
+            if fd is not None:
+                os.close(fd)
+        warn('cannot fork for the fill-rate calibration (%s): calibrating in this process, '
+             'which keeps the mmap module loaded' % exc.strerror)
+        return calibrate()
+    if pid == 0:      # the child: nothing of the parent's may run here (os._exit)
+        try:
+            signal.set_wakeup_fd(-1)       # the parent's pipe, the parent's handlers:
+            for signum in EARLY_SIGNALS + (signal.SIGTERM,):    # a SIGTERM ends the child
+                signal.signal(signum, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, EARLY_SIGNALS + (signal.SIGTERM,))
+            os.close(read_fd)
+            os.write(write_fd, repr(float(calibrate() or 0.0)).encode())
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    data = b''
+    try:
+        poller = select.poll()
+        poller.register(read_fd, select.POLLIN)
+        deadline = time.monotonic() + timeout_s
+        why = None
+        while True:
+            left_s = deadline - time.monotonic()
+            if stop():
+                data = b''
+                break
+            if left_s <= 0:
+                why, data = 'did not finish within %g s' % timeout_s, b''
+                break
+            if not poller.poll(min(left_s, 0.1) * 1000):   # 0.1 s: see stop() promptly
+                continue
+            chunk = os.read(read_fd, 64)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        os.close(read_fd)
+        reap_child(pid)
+    try:
+        return float(data) or None
+    except ValueError:
+        if why is None and not stop():
+            why = 'ended without an answer'
+        if why is not None:
+            warn('the fill-rate calibration %s: assuming the fastest fill' % why)
+        return None
+
+
+def reap_child(pid):
+    """SIGKILL and reap a child of ours that may still run; no-op if it is gone."""
+    try:
+        # Unreaped, the pid is still ours, so the SIGKILL cannot hit a reused one.
+        if os.waitpid(pid, os.WNOHANG)[0] == 0:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+    except OSError:   # ECHILD: reaped by the kernel (SIGCHLD ignored by whoever started us)
+        pass
+
+
 # ============================================================================
 # Policy (when): pure functions of a reading and the thresholds
 # ============================================================================
@@ -1531,6 +1620,22 @@ def demand_kib(reading):
     return reading.anon_kib + reading.swap_total_kib - reading.swap_free_kib
 
 
+def usable_swap_free_kib(reading):
+    """Return the free swap that can still take pages: zram's only what RAM can hold.
+
+    A page swapped to zram stays in RAM, compressed: zram's free space takes
+    at most available memory x its measured ratio, however large the device
+    (in the lab, zram swap was half free while MemAvailable was down to 14 MB).
+    Other swap counts in full.
+    """
+    free = reading.swap_free_kib
+    if reading.zram_ram_kib <= 0 or reading.zram_size_kib <= 0:
+        return free
+    zram_free = min(free, max(0, reading.zram_size_kib - reading.zram_stored_kib))
+    zram_can_take = reading.mem_available_kib * reading.zram_stored_kib // reading.zram_ram_kib
+    return free - zram_free + min(zram_free, max(0, zram_can_take))
+
+
 def room_kib(reading):
     """Return how much more the workloads can take before RAM and swap are exhausted.
 
@@ -1620,7 +1725,8 @@ def decide_rule(reading, th, trend=None):
     """Return (signal, rule): (0, None), or SIGTERM/SIGKILL and the rule that calls for it.
 
     Memory rule: available memory AND free swap both at or below their
-    levels (no swap counts as low).  PSI rule: "some" avg10 at or above
+    levels (no swap counts as low; zram's free swap counts only as far as
+    available memory can hold it, see usable_swap_free_kib).  PSI rule: "some" avg10 at or above
     th.psi_avg10 while available memory is at or below th.psi_mem_max_kib,
     without swap (or with the thrashing rule off).  Thrashing rule: the
     trend's counted stall (see Trend) reaches th.thrash_stall_ms.
@@ -1628,10 +1734,12 @@ def decide_rule(reading, th, trend=None):
     avail = reading.mem_available_kib
     no_swap = reading.swap_total_kib == 0
     memory_rule = RULE_MEMORY if no_swap else RULE_SWAP
-    if avail <= th.mem_kill_kib and (no_swap or reading.swap_free_kib <= th.swap_kill_kib):
-        return signal.SIGKILL, memory_rule
-    if avail <= th.mem_term_kib and (no_swap or reading.swap_free_kib <= th.swap_term_kib):
-        return signal.SIGTERM, memory_rule
+    if avail <= th.mem_term_kib:
+        swap_free = None if no_swap else usable_swap_free_kib(reading)
+        if avail <= th.mem_kill_kib and (no_swap or swap_free <= th.swap_kill_kib):
+            return signal.SIGKILL, memory_rule
+        if no_swap or swap_free <= th.swap_term_kib:
+            return signal.SIGTERM, memory_rule
     psi = reading.psi_some_avg10
     # With swap, avg10 rises in the bursts swap is there to absorb (the lab's
     # healthy 850 MB burst reached 25): the thrashing rule, which tells a burst
@@ -1665,6 +1773,9 @@ def describe_trigger(reading, th, trend=None):
         percent_of(th.mem_term_kib, total), percent_of(th.mem_kill_kib, total))
     if reading.swap_total_kib:
         text += ' swap_free=%.1f%%' % percent_of(reading.swap_free_kib, reading.swap_total_kib)
+        usable = usable_swap_free_kib(reading)
+        if usable != reading.swap_free_kib:
+            text += ' swap_usable=%.1f%%' % percent_of(usable, reading.swap_total_kib)
     else:
         text += ' swap=none'
     if reading.psi_some_avg10 is not None:
@@ -3795,6 +3906,10 @@ def catch_signals(flags, signals=EARLY_SIGNALS):
                 signal.SIGUSR1: on_usr1}
     for signum in signals:
         signal.signal(signum, handlers[signum])
+    # An ignored SIGCHLD survives exec: the kernel would reap bustd's children
+    # itself, waitpid would fail, and a child's pid could be reused while bustd
+    # still means to signal it.
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, signals + (signal.SIGTERM,))
     return flags
 
@@ -4044,6 +4159,7 @@ class Daemon(object):
     # -- one poll -----------------------------------------------------------
     def step(self):
         """Read, decide, act; return how long to sleep before the next poll (s)."""
+        self.far = False    # until this step ends far from every level (not on errors, acts)
         r = self.sensor.read(self.reading, self.th)
         self.refresh_thresholds()
         th = self.th
@@ -4094,13 +4210,23 @@ class Daemon(object):
         """Return the schedule's sleep for the current reading (no learning: not a poll)."""
         return sleep_time_s(self.reading, self.th, self.fill.rate_kib_s)
 
+    def full_step_due_s(self):
+        """Return how soon the idle loop must give way to a full step: reports, metrics."""
+        now = self.clock()
+        due = IDLE_STEP_EVERY_S
+        if self.settings.report_interval_s:
+            due = min(due, self.next_report - now)
+        if self.metrics is not None:
+            due = min(due, self.metrics.next_write_s - now)
+        return max(0.0, due)
+
     def idle(self, delay_s, budget_s):
         """Sleep delay_s, then keep polling cheaply while the readings stay far from every level.
 
         The idle wake-up is one poll(2), one cheap reading and the schedule;
         it returns to step() when a reading comes near a level or the
         totals change, when a signal arrives, or after budget_s of sleep
-        (reports, helpers, the watchdog, limits).
+        (thresholds, reports, the metrics file, the watchdog).
         """
         far = self.far_sleep
         flags, read, clock = self.flags, self.sensor.read, self.clock
@@ -4114,11 +4240,14 @@ class Daemon(object):
                 slept_s += delay_s
                 if slept_s >= budget_s or flags.stop or flags.hup or flags.usr1:
                     return
-                r = read(reading, th)
+                try:
+                    r = read(reading, th)
+                except Exception:   # step() reads again, inside poll_once's guard, and says why
+                    return
                 if r.mem_available_kib <= near_kib or r.mem_total_kib != th.mem_total_kib \
                         or r.swap_total_kib != th.swap_total_kib:
                     return
-                delay_s = self.next_sleep_s(r, clock())
+                delay_s = min(self.next_sleep_s(r, clock()), budget_s - slept_s)
         finally:
             if far is not None:
                 far.release()
@@ -4456,8 +4585,10 @@ class Daemon(object):
             service.ping()
         if delay > 0 and not self.flags.stop:
             # -V logs every poll, and running helpers are polled: both take full steps.
-            if self.far and not self.log.verbose and not (helpers and helpers.running):
-                self.idle(min(delay, max_sleep_s), min(IDLE_STEP_EVERY_S, max_sleep_s))
+            budget = min(self.full_step_due_s(), max_sleep_s)
+            if self.far and budget > 0 and not self.log.verbose \
+                    and not (helpers and helpers.running):
+                self.idle(min(delay, budget), budget)
             else:
                 self.sleep(min(delay, max_sleep_s))
 
@@ -6141,7 +6272,8 @@ def serve(daemon, caps, oom_adj, report_fd=None):
         kill_line(signal.SIGTERM, victim, daemon.trigger())
     del victim, skipped
     # Calibrate while memory may still be returned: after mlockall it could not.
-    daemon.fill = FillModel(calibrate_fill_kib_s(), available_cpus())
+    daemon.fill = FillModel(calibrate_apart(stop=lambda: daemon.flags.stop,
+                                            warn=log.warning), available_cpus())
     features['fill'] = daemon.fill.describe()
     release_startup_memory(calls)
     features['mlock'] = lock_memory(calls, caps, log)

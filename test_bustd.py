@@ -552,6 +552,55 @@ def lab_like(stop_growing_at_s=None, stall_fraction=0.6, growth_kib_s=60 * MIB, 
     return at
 
 
+def zram_reading(avail, swap_free, stored, ram, zram_size=1000 * MIB, swap_total=1000 * MIB):
+    """An exact reading of a 1000 MiB machine whose swap is (partly) zram."""
+    r = reading(1000 * MIB, avail, swap_total, swap_free)
+    r.zram_stored_kib, r.zram_ram_kib, r.zram_size_kib = stored, ram, zram_size
+    return r
+
+
+class ZramSwapLevelTest(unittest.TestCase):
+    """zram's free swap is RAM: the memory rule counts only what available memory can hold."""
+
+    def th(self):
+        return bustd.compute_thresholds(bustd.Settings(), 1000 * MIB, 1000 * MIB)
+
+    def test_free_zram_that_ram_cannot_hold_is_not_free_swap(self):
+        th = self.th()
+        # 900 MiB of zram "free", 100 MiB stored in 40 MiB (2.5:1), 30 MiB available:
+        # zram can take 75 MiB more, 7.5 % of the swap: below the 10 % level.
+        r = zram_reading(30 * MIB, 900 * MIB, 100 * MIB, 40 * MIB)
+        self.assertEqual(bustd.usable_swap_free_kib(r), 75 * MIB)
+        self.assertEqual(bustd.decide_rule(r, th), (signal.SIGTERM, bustd.RULE_SWAP))
+        r = zram_reading(15 * MIB, 900 * MIB, 100 * MIB, 40 * MIB)    # 37.5 MiB: < 5 %
+        self.assertEqual(bustd.decide_rule(r, th), (signal.SIGKILL, bustd.RULE_SWAP))
+        text = bustd.describe_trigger(r, th)
+        self.assertIn('swap_free=90.0% swap_usable=3.8%', text)
+        self.assertIn('zram=40.0MiB(2.5:1)', text)
+
+    def test_above_the_memory_level_zram_changes_nothing(self):
+        # The lab's healthy burst: 128 MiB available, zram half full.
+        r = zram_reading(128 * MIB, 540 * MIB, 460 * MIB, 175 * MIB)
+        self.assertEqual(bustd.decide_rule(r, self.th()), (0, None))
+
+    def test_disk_swap_beside_zram_counts_in_full(self):
+        # 500 MiB of zram (100 stored in 40) and 500 MiB of free disk swap.
+        r = zram_reading(30 * MIB, 900 * MIB, 100 * MIB, 40 * MIB, zram_size=500 * MIB)
+        self.assertEqual(bustd.usable_swap_free_kib(r), 500 * MIB + 75 * MIB)
+        self.assertEqual(bustd.decide_rule(r, self.th()), (0, None))
+
+    def test_an_empty_or_unread_zram_leaves_free_swap_as_it_is(self):
+        for stored, ram, size in ((0, 0, 1000 * MIB), (100 * MIB, 40 * MIB, 0)):
+            r = zram_reading(30 * MIB, 900 * MIB, stored, ram, zram_size=size)
+            self.assertEqual(bustd.usable_swap_free_kib(r), 900 * MIB)
+            self.assertEqual(bustd.decide_rule(r, self.th()), (0, None))
+
+    def test_zram_can_never_count_for_more_than_it_frees(self):
+        # Plenty of available memory, a nearly full zram: only its free space counts.
+        r = zram_reading(900 * MIB, 50 * MIB, 950 * MIB, 300 * MIB)
+        self.assertEqual(bustd.usable_swap_free_kib(r), 50 * MIB)
+
+
 class ThrashRuleTest(unittest.TestCase):
     """The thrashing rule as a function of readings over time (PSI totals, swap, zram)."""
 
@@ -808,10 +857,98 @@ class FillModelTest(unittest.TestCase):
         self.assertIsNotNone(kib_s)
         self.assertGreater(kib_s, 0)
 
+    def test_calibration_runs_in_a_child_process(self):
+        here = os.getpid()
+        self.assertNotEqual(bustd.calibrate_apart(lambda: float(os.getpid())), float(here))
+        self.assertGreater(bustd.calibrate_apart(lambda: 2048.5), 2048.0)
+        self.assertIsNone(bustd.calibrate_apart(lambda: None))
+        self.assertIsNone(bustd.calibrate_apart(lambda: os._exit(3)))   # died unanswered
+
+    def stuck_calibration(self):
+        """Return (calibrate, pid_of_its_process): a calibration that never ends."""
+        tmp = tempfile.mkdtemp(prefix='bustd-test-')
+        self.addCleanup(shutil.rmtree, tmp, True)
+        where = os.path.join(tmp, 'pid')
+
+        def stuck():
+            with open(where, 'w') as f:
+                f.write(str(os.getpid()))
+            time.sleep(60)
+        return stuck, lambda: int(read_text(where) or 0)
+
+    def test_a_calibration_that_hangs_is_abandoned_and_its_child_reaped(self):
+        stuck, child = self.stuck_calibration()
+        said = []
+        self.assertIsNone(bustd.calibrate_apart(stuck, timeout_s=2, warn=said.append))
+        self.assertNotIn(child(), (0, os.getpid()))
+        self.assertFalse(os.path.exists('/proc/%d' % child()))   # killed and reaped
+        self.assertEqual(said, ['the fill-rate calibration did not finish within 2 s: '
+                                'assuming the fastest fill'])
+
+    def test_sigterm_abandons_the_calibration_at_once(self):
+        stuck, child = self.stuck_calibration()
+        said = []
+        started = time.monotonic()
+        calls = []
+
+        def stop():
+            calls.append(time.monotonic())
+            return len(calls) > 3            # SIGTERM came during the fourth slice
+        self.assertIsNone(bustd.calibrate_apart(stuck, timeout_s=60, stop=stop,
+                                                warn=said.append))
+        self.assertLess(time.monotonic() - started, 30)   # not the 60 s timeout
+        self.assertEqual(said, [])                         # a stop is no failure
+        self.assertFalse(child() and os.path.exists('/proc/%d' % child()))
+
+    def test_the_child_dies_of_a_sigterm_sent_to_it(self):
+        # systemctl stop signals the whole cgroup: the child must not inherit the
+        # daemon's flag-setting handler and calibrate on.
+        self.addCleanup(signal.signal, signal.SIGTERM,
+                        signal.signal(signal.SIGTERM, lambda *a: None))
+
+        def terminated():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(30)
+        said = []
+        self.assertIsNone(bustd.calibrate_apart(terminated, timeout_s=20, warn=said.append))
+        self.assertEqual(said, ['the fill-rate calibration ended without an answer: '
+                                'assuming the fastest fill'])
+
+    def test_an_inherited_ignored_sigchld_neither_fails_nor_kills_a_stranger(self):
+        code = ('import signal, sys; signal.signal(signal.SIGCHLD, signal.SIG_IGN); '
+                'sys.path.insert(0, %r); import bustd; '
+                'print(bustd.calibrate_apart(lambda: 1234.0))' % os.path.dirname(BUSTD))
+        out = subprocess.run([sys.executable, '-c', code], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, universal_newlines=True, timeout=60)
+        self.assertEqual((out.returncode, out.stdout), (0, '1234.0\n'))
+
+    def test_the_daemon_resets_an_inherited_ignored_sigchld(self):
+        flags = bustd.Flags()
+        old = signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+        self.addCleanup(signal.signal, signal.SIGCHLD, old)
+        handlers = {s: signal.getsignal(s) for s in bustd.EARLY_SIGNALS}
+        self.addCleanup(lambda: [signal.signal(s, h) for s, h in handlers.items()])
+        bustd.catch_signals(flags)
+        self.assertEqual(signal.getsignal(signal.SIGCHLD), signal.SIG_DFL)
+
     def test_calibration_uses_the_clock_it_is_given(self):
         ticks = iter(range(100))
         kib_s = bustd.calibrate_fill_kib_s(size_kib=1024, repeats=2, clock=lambda: next(ticks))
         self.assertEqual(kib_s, 1024.0)    # every fault-in took one tick
+
+
+class CalibrationInTheDaemonTest(TempDirTest):
+    def test_the_daemon_never_maps_the_mmap_module(self):
+        import mmap
+        if not getattr(mmap, '__file__', None):
+            self.skipTest('mmap is built into this Python: nothing to map')
+        d = Daemon('--proc', self.proc.root)
+        self.addCleanup(d.stop)
+        self.assertTrue(d.wait_for('ready: watching'), d.text())
+        self.assertRegex(d.text(), r'calibrated [\d.]+ \w+/s on one CPU')
+        maps = read_text('/proc/%d/maps' % d.proc.pid)
+        self.assertIn('python', maps)
+        self.assertFalse(os.path.basename(mmap.__file__) in maps, 'mmap module mapped')
 
 
 # ----------------------------------------------------------------------------
@@ -961,6 +1098,7 @@ class MachineSensorTest(TempDirTest):
         self.assertEqual(r.stall_total_us, 123456789)
         self.assertEqual(r.anon_kib, 3 * GIB + 10 * MIB)
         self.assertEqual((r.zram_stored_kib, r.zram_ram_kib), (400 * MIB, 160 * MIB))
+        self.assertEqual(r.zram_size_kib, 1048572)       # zram0's size; not the swap file
         self.assertEqual(bustd.demand_kib(r), 4 * GIB + 10 * MIB)
 
     def test_stall_total_is_read_for_the_thrashing_rule_only_when_it_is_on(self):
@@ -1809,7 +1947,7 @@ class PreArmedVictimTest(TempDirTest):
 class IdleLoopTest(TempDirTest):
     """The idle wake-up: sleep, one reading, the schedule; back to step() when it matters."""
 
-    def daemon(self, on_sleep):
+    def daemon(self, on_sleep, **overrides):
         log, sink = make_log()
         slept = []
         now = [10.0]
@@ -1818,7 +1956,7 @@ class IdleLoopTest(TempDirTest):
             slept.append(seconds)
             now[0] += seconds
             on_sleep(len(slept), d)
-        d = bustd.build_daemon(settings(self.proc), no_kernel_calls(), log,
+        d = bustd.build_daemon(settings(self.proc, **overrides), no_kernel_calls(), log,
                                clock=lambda: now[0], sleep=sleep,
                                fill=bustd.FillModel(256 * MIB, 2))     # 512 MiB/s
         d.start()
@@ -1889,6 +2027,62 @@ class IdleLoopTest(TempDirTest):
         d.run()
         self.assertEqual(len(slept), 4)
         self.assertEqual([budget for _, budget in calls], [bustd.IDLE_STEP_EVERY_S] * 2)
+
+    def test_a_failing_step_backs_off_even_when_a_report_is_due(self):
+        d, slept = self.daemon(lambda n, d: None, report_interval_s=1.0)
+
+        def broken(*a):
+            raise ValueError('a kernel surprise')
+        d.sensor.read = broken
+        for _ in range(10):
+            d.poll_once()                    # never raises: the watch goes on
+        self.assertEqual(slept, [bustd.NO_VICTIM_RETRY_S] * 10)
+
+    def test_a_back_off_after_a_kill_decision_is_slept_even_when_a_report_is_due(self):
+        d, slept = self.daemon(lambda n, d: None, report_interval_s=1.0)
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=100 * MIB)   # no process to kill
+        for _ in range(10):
+            d.poll_once()
+        self.assertEqual(len(slept), 10)
+        self.assertTrue(all(s >= bustd.POLL_FLOOR_S for s in slept), slept)
+        self.assertGreaterEqual(sum(slept), 10 * bustd.NO_VICTIM_RETRY_S * 0.99, slept)
+
+    def test_a_failing_idle_reading_returns_to_the_guarded_step(self):
+        d, slept = self.daemon(lambda n, d: None)
+        reads = []
+
+        def broken(*a):
+            reads.append(a)
+            raise ValueError('a kernel surprise')
+        d.sensor.read = broken
+        d.idle(0.5, 3.0)                     # returns instead of raising
+        self.assertEqual((slept, len(reads)), ([0.5], 1))
+
+    def test_every_idle_wait_stays_within_the_budget(self):
+        term_kib = int(8 * GIB * 0.10)
+
+        def on_sleep(n, d):
+            self.proc.meminfo(total_kib=8 * GIB, avail_kib=6 * GIB)   # a 3 s schedule
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=term_kib + int(0.95 * GIB))
+        d, slept = self.daemon(on_sleep)
+        del slept[:]
+        d.poll_once(max_sleep_s=2.0)         # a watchdog that wants a ping every 2 s
+        self.assertLessEqual(sum(slept), 2.0 + 1e-9, slept)
+
+    def test_a_full_step_comes_when_a_report_or_the_metrics_are_due(self):
+        d, slept = self.daemon(lambda n, d: None)
+        self.assertEqual(d.full_step_due_s(), bustd.IDLE_STEP_EVERY_S)
+        self.assertGreater(bustd.IDLE_STEP_EVERY_S, 1.0)
+        d, slept = self.daemon(lambda n, d: None, report_interval_s=1.0)
+        self.assertEqual(d.full_step_due_s(), 1.0)   # the report came in step(), the next in 1 s
+        d.poll_once()
+        self.assertEqual(sum(slept), 1.0)            # one idle second, then the full step
+        d, slept = self.daemon(lambda n, d: None,
+                               metrics_file=os.path.join(self.tmp, 'bustd.prom'))
+        d.metrics.next_write_s = d.clock() + 0.5
+        self.assertEqual(d.full_step_due_s(), 0.5)
+        d.metrics.next_write_s = d.clock() - 5       # overdue
+        self.assertEqual(d.full_step_due_s(), 0.0)
 
 
 class PreArmedKillTest(TempDirTest):
