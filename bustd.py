@@ -87,6 +87,9 @@ THRASH_WINDOW_S = 30.0
 THRASH_GROWTH_WINDOW_S = 0.5   # growth is measured over this long (and lags by it)
 THRASH_POLL_S = 0.1            # poll at least this often while tasks stall on memory
 THRASH_SAMPLE_S = 0.05         # keep at most one sample per this long (600 per window)
+# zram's compression ratio is measured, not assumed (mm_stat), and only once it
+# holds this much: a few pages next to its fixed overhead say nothing.
+ZRAM_RATIO_MIN_KIB = 16 * 1024
 
 # Polling.  The sleep is the time the headroom above the SIGTERM level lasts
 # at the fastest rate this machine can fill memory (see FillModel), clamped
@@ -1626,10 +1629,12 @@ def usable_swap_free_kib(reading):
     A page swapped to zram stays in RAM, compressed: zram's free space takes
     at most available memory x its measured ratio, however large the device
     (in the lab, zram swap was half free while MemAvailable was down to 14 MB).
-    Other swap counts in full.
+    Other swap counts in full, and so does zram's while it holds too little
+    (ZRAM_RATIO_MIN_KIB) for its ratio to mean anything.
     """
     free = reading.swap_free_kib
-    if reading.zram_ram_kib <= 0 or reading.zram_size_kib <= 0:
+    if reading.zram_ram_kib <= 0 or reading.zram_size_kib <= 0 \
+            or reading.zram_stored_kib < ZRAM_RATIO_MIN_KIB:
         return free
     zram_free = min(free, max(0, reading.zram_size_kib - reading.zram_stored_kib))
     zram_can_take = reading.mem_available_kib * reading.zram_stored_kib // reading.zram_ram_kib
@@ -1644,7 +1649,7 @@ def room_kib(reading):
     large the device (a 1 GiB zram on a 1 GiB machine is not 1 GiB of room).
     """
     room = reading.mem_available_kib + reading.swap_free_kib
-    if reading.zram_ram_kib > 0:
+    if reading.zram_ram_kib > 0 and reading.zram_stored_kib >= ZRAM_RATIO_MIN_KIB:
         room = min(room, reading.mem_available_kib * reading.zram_stored_kib
                    // reading.zram_ram_kib)
     return max(0, room)

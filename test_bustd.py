@@ -590,7 +590,8 @@ class ZramSwapLevelTest(unittest.TestCase):
         self.assertEqual(bustd.decide_rule(r, self.th()), (0, None))
 
     def test_an_empty_or_unread_zram_leaves_free_swap_as_it_is(self):
-        for stored, ram, size in ((0, 0, 1000 * MIB), (100 * MIB, 40 * MIB, 0)):
+        for stored, ram, size in ((0, 0, 1000 * MIB), (100 * MIB, 40 * MIB, 0),
+                                  (4, 64, 1000 * MIB)):        # a few pages: no ratio yet
             r = zram_reading(30 * MIB, 900 * MIB, stored, ram, zram_size=size)
             self.assertEqual(bustd.usable_swap_free_kib(r), 900 * MIB)
             self.assertEqual(bustd.decide_rule(r, self.th()), (0, None))
