@@ -4252,7 +4252,11 @@ class Daemon(object):
                 if r.mem_available_kib <= near_kib or r.mem_total_kib != th.mem_total_kib \
                         or r.swap_total_kib != th.swap_total_kib:
                     return
-                delay_s = min(self.next_sleep_s(r, clock()), budget_s - slept_s)
+                delay_s = self.next_sleep_s(r, clock())
+                if delay_s >= budget_s - slept_s:
+                    # The full step is due before the next wake-up: take it now, not
+                    # after one more short wake-up (a big idle box wakes once per sleep).
+                    return
         finally:
             if far is not None:
                 far.release()

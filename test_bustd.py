@@ -1984,7 +1984,15 @@ class IdleLoopTest(TempDirTest):
     def test_returns_after_the_budget_and_on_signals(self):
         d, slept = self.daemon(lambda n, d: None)
         d.idle(0.3, 1.0)
-        self.assertEqual(len(slept), 2)        # a full step at least every budget
+        # The next scheduled sleep (3 s, far from every level) would end past the
+        # budget: back to the full step at once, never later than the budget.
+        self.assertEqual(slept, [0.3])
+        del slept[:]
+        self.proc.meminfo(total_kib=8 * GIB, avail_kib=int(0.8 * GIB) + 512 * MIB)
+        d, slept = self.daemon(lambda n, d: None)
+        del slept[:]
+        d.idle(0.3, 3.0)                       # scheduled: 1 s sleeps (512 MiB at 512 MiB/s)
+        self.assertEqual(slept, [0.3, 1.0, 1.0])
         del slept[:]
 
         def stop_on_second(n, d):
@@ -2011,7 +2019,7 @@ class IdleLoopTest(TempDirTest):
         self.assertEqual((d.far_sleep.calls, d.far_sleep.released), (3, 1))
         d.far_sleep = Sleeper()
         d.idle(0.6, 1.0)                          # the budget ends it
-        self.assertEqual((d.far_sleep.calls, d.far_sleep.released), (2, 1))
+        self.assertEqual((d.far_sleep.calls, d.far_sleep.released), (1, 1))
         self.assertEqual(slept, [])               # the plain sleep is for full steps
 
     def test_the_loop_uses_the_idle_path_only_far_from_the_levels(self):
@@ -2069,6 +2077,19 @@ class IdleLoopTest(TempDirTest):
         del slept[:]
         d.poll_once(max_sleep_s=2.0)         # a watchdog that wants a ping every 2 s
         self.assertLessEqual(sum(slept), 2.0 + 1e-9, slept)
+
+    def test_one_wake_up_per_sleep_when_the_full_step_is_due_before_the_next(self):
+        # A big idle box: the schedule sleeps 2.3 s; the full step is due at 3 s.  The
+        # idle loop returns after one wait, not after a second 0.7 s one.
+        def on_sleep(n, d):
+            pass
+        total = 8 * GIB
+        self.proc.meminfo(total_kib=total, avail_kib=int(total * 0.10) + int(2.3 * 512 * MIB))
+        d, slept = self.daemon(on_sleep)
+        del slept[:]
+        d.poll_once()
+        self.assertEqual(len(slept), 1, slept)
+        self.assertAlmostEqual(slept[0], 2.3, places=3)
 
     def test_a_full_step_comes_when_a_report_or_the_metrics_are_due(self):
         d, slept = self.daemon(lambda n, d: None)
