@@ -87,9 +87,6 @@ THRASH_WINDOW_S = 30.0
 THRASH_GROWTH_WINDOW_S = 0.5   # growth is measured over this long (and lags by it)
 THRASH_POLL_S = 0.1            # poll at least this often while tasks stall on memory
 THRASH_SAMPLE_S = 0.05         # keep at most one sample per this long (600 per window)
-# zram's compression ratio is measured, not assumed (mm_stat), and only once it
-# holds this much: a few pages next to its fixed overhead say nothing.
-ZRAM_RATIO_MIN_KIB = 16 * 1024
 
 # Polling.  The sleep is the time the headroom above the SIGTERM level lasts
 # at the fastest rate this machine can fill memory (see FillModel), clamped
@@ -123,8 +120,7 @@ LEARNED_FORGET_S = 10.0   # a learned rate is kept this long after it was last s
 # poll(2), one cheap reading, the schedule; the full step at least this
 # often, and sooner when a report or the metrics file is due (the watchdog
 # bounds it too).  Far from every level no rule can fire and the full step
-# reads cheaply too, so it adds nothing there but its cost: at 1 s it was
-# about a fifth of the idle CPU on the lab's small box.
+# reads cheaply too, so there it adds nothing but its cost.
 IDLE_STEP_EVERY_S = POLL_CEILING_S
 
 # The pre-armed victim.  Within ARM_BAND_PERCENT of the total above the
@@ -736,20 +732,19 @@ class Reading(object):
     stall_total_us is PSI's "full" total= counter (None: unread or absent);
     anon_kib is anonymous and shared memory in RAM that swap does not also
     hold (AnonPages + Shmem - SwapCached; None: unknown); zram_stored_kib /
-    zram_ram_kib are what zram holds and the RAM that costs (0: no zram), and
-    zram_size_kib the size of the zram swaps (/proc/swaps).
+    zram_ram_kib are what zram holds and the RAM that costs (0: no zram).
     """
     __slots__ = ('mem_total_kib', 'mem_free_kib', 'mem_available_kib',
                  'swap_total_kib', 'swap_free_kib', 'anon_kib', 'psi_some_avg10',
                  'psi_full_avg10', 'stall_total_us', 'zram_stored_kib', 'zram_ram_kib',
-                 'zram_size_kib', 'exact')
+                 'exact')
 
     def __init__(self):
         self.mem_total_kib = self.mem_free_kib = self.mem_available_kib = 0
         self.swap_total_kib = self.swap_free_kib = 0
         self.anon_kib = None
         self.psi_some_avg10 = self.psi_full_avg10 = self.stall_total_us = None
-        self.zram_stored_kib = self.zram_ram_kib = self.zram_size_kib = 0
+        self.zram_stored_kib = self.zram_ram_kib = 0
         self.exact = False
 
     def forget_pressure(self):
@@ -842,7 +837,6 @@ class Sensor(object):
     uses_sysinfo = False
     has_mem_available = True
     zram_paths = ()
-    zram_size_kib = 0
 
     def read(self, reading, th):
         """Fill `reading`; exact only when the cheap figure is near th.trigger_kib."""
@@ -888,7 +882,6 @@ class Sensor(object):
                 stored += figures[0]
                 ram += figures[1]
         reading.zram_stored_kib, reading.zram_ram_kib = stored, ram
-        reading.zram_size_kib = self.zram_size_kib if ram else 0
 
     def cheap_room_kib(self, reading, th):
         """Return a cheap lower bound of available memory (filling totals), or None."""
@@ -904,17 +897,14 @@ class Sensor(object):
 
 
 def find_zram_swaps(proc, sys_fs):
-    """Return (mm_stat paths, total size in KiB) of the zram devices that are swap (/proc/swaps)."""
-    paths, size_kib = [], 0
+    """Return the mm_stat paths of the zram devices that are swap (/proc/swaps)."""
+    paths = []
     for line in (read_file(proc + '/swaps') or b'').split(b'\n')[1:]:
-        fields = line.split()
-        device = (fields or [b''])[0]
+        device = (line.split() or [b''])[0]
         name = os.path.basename(device.decode('utf-8', 'replace'))
         if device.startswith(b'/dev/zram') and name[4:].isdigit():
             paths.append('%s/block/%s/mm_stat' % (sys_fs, name))
-            if len(fields) > 2 and fields[2].isdigit():    # Filename Type Size Used Priority
-                size_kib += int(fields[2])
-    return tuple(paths), size_kib
+    return tuple(paths)
 
 
 class MachineSensor(Sensor):
@@ -969,7 +959,7 @@ class MachineSensor(Sensor):
                     format_kib(self.mem_total_kib))
             else:
                 self.read_reserve()
-        self.zram_paths, self.zram_size_kib = find_zram_swaps(self.proc, self.sys_fs)
+        self.zram_paths = find_zram_swaps(self.proc, self.sys_fs)
         # Polls start with the cheap sysinfo(2) reading only with both parts.
         self.uses_sysinfo = (self.sysinfo is not None and self.sysinfo_differs is None
                              and self.reserve_kib is not None)
@@ -999,7 +989,7 @@ class MachineSensor(Sensor):
                                        'against %s of memory; reading %s on every poll'
                                        % (self.proc, format_kib(reserve),
                                           format_kib(self.mem_total_kib), self.meminfo_path))
-        self.zram_paths, self.zram_size_kib = find_zram_swaps(self.proc, self.sys_fs)
+        self.zram_paths = find_zram_swaps(self.proc, self.sys_fs)
 
     def describe(self):
         """Return what the readings come from, for the start-up lines."""
@@ -1623,24 +1613,6 @@ def demand_kib(reading):
     return reading.anon_kib + reading.swap_total_kib - reading.swap_free_kib
 
 
-def usable_swap_free_kib(reading):
-    """Return the free swap that can still take pages: zram's only what RAM can hold.
-
-    A page swapped to zram stays in RAM, compressed: zram's free space takes
-    at most available memory x its measured ratio, however large the device
-    (in the lab, zram swap was half free while MemAvailable was down to 14 MB).
-    Other swap counts in full, and so does zram's while it holds too little
-    (ZRAM_RATIO_MIN_KIB) for its ratio to mean anything.
-    """
-    free = reading.swap_free_kib
-    if reading.zram_ram_kib <= 0 or reading.zram_size_kib <= 0 \
-            or reading.zram_stored_kib < ZRAM_RATIO_MIN_KIB:
-        return free
-    zram_free = min(free, max(0, reading.zram_size_kib - reading.zram_stored_kib))
-    zram_can_take = reading.mem_available_kib * reading.zram_stored_kib // reading.zram_ram_kib
-    return free - zram_free + min(zram_free, max(0, zram_can_take))
-
-
 def room_kib(reading):
     """Return how much more the workloads can take before RAM and swap are exhausted.
 
@@ -1649,7 +1621,7 @@ def room_kib(reading):
     large the device (a 1 GiB zram on a 1 GiB machine is not 1 GiB of room).
     """
     room = reading.mem_available_kib + reading.swap_free_kib
-    if reading.zram_ram_kib > 0 and reading.zram_stored_kib >= ZRAM_RATIO_MIN_KIB:
+    if reading.zram_ram_kib > 0:
         room = min(room, reading.mem_available_kib * reading.zram_stored_kib
                    // reading.zram_ram_kib)
     return max(0, room)
@@ -1730,8 +1702,7 @@ def decide_rule(reading, th, trend=None):
     """Return (signal, rule): (0, None), or SIGTERM/SIGKILL and the rule that calls for it.
 
     Memory rule: available memory AND free swap both at or below their
-    levels (no swap counts as low; zram's free swap counts only as far as
-    available memory can hold it, see usable_swap_free_kib).  PSI rule: "some" avg10 at or above
+    levels (no swap counts as low).  PSI rule: "some" avg10 at or above
     th.psi_avg10 while available memory is at or below th.psi_mem_max_kib,
     without swap (or with the thrashing rule off).  Thrashing rule: the
     trend's counted stall (see Trend) reaches th.thrash_stall_ms.
@@ -1739,12 +1710,10 @@ def decide_rule(reading, th, trend=None):
     avail = reading.mem_available_kib
     no_swap = reading.swap_total_kib == 0
     memory_rule = RULE_MEMORY if no_swap else RULE_SWAP
-    if avail <= th.mem_term_kib:
-        swap_free = None if no_swap else usable_swap_free_kib(reading)
-        if avail <= th.mem_kill_kib and (no_swap or swap_free <= th.swap_kill_kib):
-            return signal.SIGKILL, memory_rule
-        if no_swap or swap_free <= th.swap_term_kib:
-            return signal.SIGTERM, memory_rule
+    if avail <= th.mem_kill_kib and (no_swap or reading.swap_free_kib <= th.swap_kill_kib):
+        return signal.SIGKILL, memory_rule
+    if avail <= th.mem_term_kib and (no_swap or reading.swap_free_kib <= th.swap_term_kib):
+        return signal.SIGTERM, memory_rule
     psi = reading.psi_some_avg10
     # With swap, avg10 rises in the bursts swap is there to absorb (the lab's
     # healthy 850 MB burst reached 25): the thrashing rule, which tells a burst
@@ -1778,9 +1747,6 @@ def describe_trigger(reading, th, trend=None):
         percent_of(th.mem_term_kib, total), percent_of(th.mem_kill_kib, total))
     if reading.swap_total_kib:
         text += ' swap_free=%.1f%%' % percent_of(reading.swap_free_kib, reading.swap_total_kib)
-        usable = usable_swap_free_kib(reading)
-        if usable != reading.swap_free_kib:
-            text += ' swap_usable=%.1f%%' % percent_of(usable, reading.swap_total_kib)
     else:
         text += ' swap=none'
     if reading.psi_some_avg10 is not None:

@@ -552,56 +552,6 @@ def lab_like(stop_growing_at_s=None, stall_fraction=0.6, growth_kib_s=60 * MIB, 
     return at
 
 
-def zram_reading(avail, swap_free, stored, ram, zram_size=1000 * MIB, swap_total=1000 * MIB):
-    """An exact reading of a 1000 MiB machine whose swap is (partly) zram."""
-    r = reading(1000 * MIB, avail, swap_total, swap_free)
-    r.zram_stored_kib, r.zram_ram_kib, r.zram_size_kib = stored, ram, zram_size
-    return r
-
-
-class ZramSwapLevelTest(unittest.TestCase):
-    """zram's free swap is RAM: the memory rule counts only what available memory can hold."""
-
-    def th(self):
-        return bustd.compute_thresholds(bustd.Settings(), 1000 * MIB, 1000 * MIB)
-
-    def test_free_zram_that_ram_cannot_hold_is_not_free_swap(self):
-        th = self.th()
-        # 900 MiB of zram "free", 100 MiB stored in 40 MiB (2.5:1), 30 MiB available:
-        # zram can take 75 MiB more, 7.5 % of the swap: below the 10 % level.
-        r = zram_reading(30 * MIB, 900 * MIB, 100 * MIB, 40 * MIB)
-        self.assertEqual(bustd.usable_swap_free_kib(r), 75 * MIB)
-        self.assertEqual(bustd.decide_rule(r, th), (signal.SIGTERM, bustd.RULE_SWAP))
-        r = zram_reading(15 * MIB, 900 * MIB, 100 * MIB, 40 * MIB)    # 37.5 MiB: < 5 %
-        self.assertEqual(bustd.decide_rule(r, th), (signal.SIGKILL, bustd.RULE_SWAP))
-        text = bustd.describe_trigger(r, th)
-        self.assertIn('swap_free=90.0% swap_usable=3.8%', text)
-        self.assertIn('zram=40.0MiB(2.5:1)', text)
-
-    def test_above_the_memory_level_zram_changes_nothing(self):
-        # The lab's healthy burst: 128 MiB available, zram half full.
-        r = zram_reading(128 * MIB, 540 * MIB, 460 * MIB, 175 * MIB)
-        self.assertEqual(bustd.decide_rule(r, self.th()), (0, None))
-
-    def test_disk_swap_beside_zram_counts_in_full(self):
-        # 500 MiB of zram (100 stored in 40) and 500 MiB of free disk swap.
-        r = zram_reading(30 * MIB, 900 * MIB, 100 * MIB, 40 * MIB, zram_size=500 * MIB)
-        self.assertEqual(bustd.usable_swap_free_kib(r), 500 * MIB + 75 * MIB)
-        self.assertEqual(bustd.decide_rule(r, self.th()), (0, None))
-
-    def test_an_empty_or_unread_zram_leaves_free_swap_as_it_is(self):
-        for stored, ram, size in ((0, 0, 1000 * MIB), (100 * MIB, 40 * MIB, 0),
-                                  (4, 64, 1000 * MIB)):        # a few pages: no ratio yet
-            r = zram_reading(30 * MIB, 900 * MIB, stored, ram, zram_size=size)
-            self.assertEqual(bustd.usable_swap_free_kib(r), 900 * MIB)
-            self.assertEqual(bustd.decide_rule(r, self.th()), (0, None))
-
-    def test_zram_can_never_count_for_more_than_it_frees(self):
-        # Plenty of available memory, a nearly full zram: only its free space counts.
-        r = zram_reading(900 * MIB, 50 * MIB, 950 * MIB, 300 * MIB)
-        self.assertEqual(bustd.usable_swap_free_kib(r), 50 * MIB)
-
-
 class ThrashRuleTest(unittest.TestCase):
     """The thrashing rule as a function of readings over time (PSI totals, swap, zram)."""
 
@@ -1099,7 +1049,6 @@ class MachineSensorTest(TempDirTest):
         self.assertEqual(r.stall_total_us, 123456789)
         self.assertEqual(r.anon_kib, 3 * GIB + 10 * MIB)
         self.assertEqual((r.zram_stored_kib, r.zram_ram_kib), (400 * MIB, 160 * MIB))
-        self.assertEqual(r.zram_size_kib, 1048572)       # zram0's size; not the swap file
         self.assertEqual(bustd.demand_kib(r), 4 * GIB + 10 * MIB)
 
     def test_stall_total_is_read_for_the_thrashing_rule_only_when_it_is_on(self):
