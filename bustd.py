@@ -4153,8 +4153,10 @@ class Daemon(object):
         delay = self.next_sleep_s(r, now)
         if self.trend.stalling:
             delay = min(delay, THRASH_POLL_S)   # measure the stall windows, do not guess them
-        # Above near_kib no rule can fire (every level, PSI's and --warn's too, is below).
-        self.far = r.mem_available_kib > self.near_kib
+        # Above near_kib no level-bound rule can fire (every level, PSI's and --warn's
+        # too, is below); the thrashing rule can, from exact readings, and its stall
+        # windows are measured by full steps every THRASH_POLL_S.
+        self.far = r.mem_available_kib > self.near_kib and not self.trend.stalling
         # Whole-group kills gather their members at the kill: nothing to pre-arm.
         if not self.far and now >= self.next_arm and not (self.settings.kill_pgroup or
                                                          self.settings.kill_cgroup):
@@ -4189,7 +4191,7 @@ class Daemon(object):
             due = min(due, self.next_report - now)
         if self.metrics is not None:
             due = min(due, self.metrics.next_write_s - now)
-        return max(0.0, due)
+        return max(POLL_FLOOR_S, due)     # a tiny -r: a report per poll, not a spin
 
     def idle(self, delay_s, budget_s):
         """Sleep delay_s, then keep polling cheaply while the readings stay far from every level.
@@ -4561,8 +4563,7 @@ class Daemon(object):
         if delay > 0 and not self.flags.stop:
             # -V logs every poll, and running helpers are polled: both take full steps.
             budget = min(self.full_step_due_s(), max_sleep_s)
-            if self.far and budget > 0 and not self.log.verbose \
-                    and not (helpers and helpers.running):
+            if self.far and not self.log.verbose and not (helpers and helpers.running):
                 self.idle(min(delay, budget), budget)
             else:
                 self.sleep(min(delay, max_sleep_s))

@@ -2052,8 +2052,48 @@ class IdleLoopTest(TempDirTest):
                                metrics_file=os.path.join(self.tmp, 'bustd.prom'))
         d.metrics.next_write_s = d.clock() + 0.5
         self.assertEqual(d.full_step_due_s(), 0.5)
-        d.metrics.next_write_s = d.clock() - 5       # overdue
-        self.assertEqual(d.full_step_due_s(), 0.0)
+        d.metrics.next_write_s = d.clock() - 5       # overdue: the next poll, not a spin
+        self.assertEqual(d.full_step_due_s(), bustd.POLL_FLOOR_S)
+
+    def test_a_tiny_report_interval_cannot_make_the_idle_loop_spin(self):
+        d, slept = self.daemon(lambda n, d: None, report_interval_s=0.0001)
+        for _ in range(20):
+            d.poll_once()
+        self.assertGreaterEqual(min(slept), bustd.POLL_FLOOR_S, slept)
+
+    def test_far_from_the_levels_a_stall_is_still_measured_every_thrash_poll(self):
+        # A cache-heavy box swapping: MemAvailable far above the levels, MemFree low
+        # enough for exact readings, and tasks stalling while anonymous memory grows.
+        total = 8 * GIB
+        state = {'anon': 2 * GIB, 'stall': 1}
+
+        def write():
+            self.proc.meminfo(total_kib=total, avail_kib=int(total * 0.10) + GIB // 2,
+                              free_kib=100 * MIB, swap_total_kib=2 * GIB,
+                              swap_free_kib=GIB // 4, anon_kib=state['anon'])
+            self.proc.psi(0.0, full_total_us=state['stall'])
+
+        def on_sleep(n, d):
+            state['anon'] += 100 * MIB // 10          # a leak, 100 MiB/s at 0.1 s polls
+            state['stall'] += 50000                    # stalled half the time
+            write()
+        write()
+        log, sink = make_log()
+        now, slept = [10.0], []
+
+        def sleep(seconds):
+            slept.append(seconds)
+            now[0] += seconds
+            on_sleep(len(slept), d)
+        d = bustd.build_daemon(settings(self.proc), no_kernel_calls(), log,
+                               clock=lambda: now[0], sleep=sleep,
+                               fill=bustd.FillModel(256 * MIB, 2))
+        d.start()
+        for _ in range(10):
+            d.poll_once()
+        self.assertTrue(d.trend.stalling)
+        self.assertFalse(d.far)
+        self.assertLessEqual(max(slept[3:]), bustd.THRASH_POLL_S, slept)
 
 
 class PreArmedKillTest(TempDirTest):
