@@ -1671,9 +1671,11 @@ class Trend(object):
         if samples:
             # max(): a counter that went back (a new cgroup) is no stall.
             stalled = max(0, stall_us - samples[-1][1])
-            self.stalling = stalled > 0
             if self.left_s is not None and self.left_s <= horizon_s:
                 counted = stalled
+            # Only a counted stall brings the rule nearer: a healthy box's background
+            # stall (reclaim, refaults) must not keep the loop out of the idle path.
+            self.stalling = counted > 0
         samples.append((now_s, stall_us, demand, counted))
         self.counted_us += counted
         while samples[0][0] <= now_s - self.window_s:
@@ -4154,8 +4156,8 @@ class Daemon(object):
         if self.trend.stalling:
             delay = min(delay, THRASH_POLL_S)   # measure the stall windows, do not guess them
         # Above near_kib no level-bound rule can fire (every level, PSI's and --warn's
-        # too, is below); the thrashing rule can, from exact readings, and its stall
-        # windows are measured by full steps every THRASH_POLL_S.
+        # too, is below); the thrashing rule can, from exact readings, and a stall it
+        # counts is measured by full steps every THRASH_POLL_S.
         self.far = r.mem_available_kib > self.near_kib and not self.trend.stalling
         # Whole-group kills gather their members at the kill: nothing to pre-arm.
         if not self.far and now >= self.next_arm and not (self.settings.kill_pgroup or
