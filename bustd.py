@@ -1478,48 +1478,36 @@ def calibrate_apart(calibrate=calibrate_fill_kib_s, timeout_s=CALIBRATE_TIMEOUT_
         finally:
             os._exit(0)
     os.close(write_fd)
-    data = b''
+    answer, why = None, None      # answer: all the child wrote, once it closed the pipe
     try:
         poller = select.poll()
         poller.register(read_fd, select.POLLIN)
         deadline = time.monotonic() + timeout_s
-        why = None
-        while True:
+        chunks = []
+        while not stop():
             left_s = deadline - time.monotonic()
-            if stop():
-                data = b''
-                break
             if left_s <= 0:
-                why, data = 'did not finish within %g s' % timeout_s, b''
+                why = 'did not finish within %g s' % timeout_s
                 break
-            if not poller.poll(min(left_s, 0.1) * 1000):   # 0.1 s: see stop() promptly
-                continue
-            chunk = os.read(read_fd, 64)
-            if not chunk:
-                break
-            data += chunk
+            if poller.poll(min(left_s, 0.1) * 1000):   # 0.1 s: see stop() promptly
+                chunk = os.read(read_fd, 64)
+                if not chunk:
+                    answer = b''.join(chunks)
+                    break
+                chunks.append(chunk)
     finally:
         os.close(read_fd)
-        reap_child(pid)
-    try:
-        return float(data) or None
-    except ValueError:
-        if why is None and not stop():
+        if not _reap(pid)[0]:     # still running (stuck, or stopped): not for long
+            os.kill(pid, signal.SIGKILL)   # unreaped, the pid is still ours: never a reused one
+            _reap(pid, timeout_s)
+    if answer is not None:
+        try:
+            return float(answer) or None
+        except ValueError:
             why = 'ended without an answer'
-        if why is not None:
-            warn('the fill-rate calibration %s: assuming the fastest fill' % why)
-        return None
-
-
-def reap_child(pid):
-    """SIGKILL and reap a child of ours that may still run; no-op if it is gone."""
-    try:
-        # Unreaped, the pid is still ours, so the SIGKILL cannot hit a reused one.
-        if os.waitpid(pid, os.WNOHANG)[0] == 0:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-    except OSError:   # ECHILD: reaped by the kernel (SIGCHLD ignored by whoever started us)
-        pass
+    if why is not None:
+        warn('the fill-rate calibration %s: assuming the fastest fill' % why)
+    return None
 
 
 # ============================================================================
