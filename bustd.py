@@ -112,6 +112,7 @@ LIMIT_REFRESH_S = 1.0   # cgroup limits are re-read at most this often
 CALIBRATE_KIB = 16 * 1024
 CALIBRATE_REPEATS = 3
 CALIBRATE_TIMEOUT_S = 5.0   # a calibration stuck in reclaim is abandoned: the cap is used
+CALIBRATE_REAP_S = 0.5      # then a SIGKILLed child is waited for this long, at most
 FILL_SAFETY = 1.5
 FILL_FLOOR_KIB_S = 512 * 1024
 FILL_CAP_KIB_S = 8 * 1024 * 1024
@@ -398,7 +399,8 @@ def parse_meminfo(data):
         if not sep:   # memory.stat: "name value"
             name, sep, rest = line.partition(b' ')
         parts = rest.split()
-        if parts and parts[0].isdigit():
+        # < 20 digits: no kernel figure is longer, and int() of thousands is a ValueError.
+        if parts and parts[0].isdigit() and len(parts[0]) < 20:
             fields[name.strip().decode('ascii', 'replace')] = int(parts[0])
     return fields
 
@@ -1473,7 +1475,10 @@ def calibrate_apart(calibrate=calibrate_fill_kib_s, timeout_s=CALIBRATE_TIMEOUT_
             for signum in EARLY_SIGNALS + (signal.SIGTERM,):    # a SIGTERM ends the child
                 signal.signal(signum, signal.SIG_DFL)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, EARLY_SIGNALS + (signal.SIGTERM,))
-            os.close(read_fd)
+            # Only its own pipe: a stuck child must not hold the daemon's (the pidfile's
+            # lock, the pipe that tells the launching command the daemon is up).
+            os.closerange(0, write_fd)
+            os.closerange(write_fd + 1, os.sysconf('SC_OPEN_MAX'))
             os.write(write_fd, repr(float(calibrate() or 0.0)).encode())
         finally:
             os._exit(0)
@@ -1499,7 +1504,7 @@ def calibrate_apart(calibrate=calibrate_fill_kib_s, timeout_s=CALIBRATE_TIMEOUT_
         os.close(read_fd)
         if not _reap(pid)[0]:     # still running (stuck, or stopped): not for long
             os.kill(pid, signal.SIGKILL)   # unreaped, the pid is still ours: never a reused one
-            _reap(pid, timeout_s)
+            _reap(pid, CALIBRATE_REAP_S)
     if answer is not None:
         try:
             return float(answer) or None
@@ -1657,8 +1662,10 @@ class Trend(object):
         counted = 0
         self.stalling = False
         if samples:
-            # max(): a counter that went back (a new cgroup) is no stall.
-            stalled = max(0, stall_us - samples[-1][1])
+            # max(): a counter that went back (a new cgroup) is no stall; min(): no
+            # stall is longer than the time since the last sample (a garbled counter).
+            stalled = min(max(0, stall_us - samples[-1][1]),
+                          int((now_s - samples[-1][0]) * 1e6))
             if self.left_s is not None and self.left_s <= horizon_s:
                 counted = stalled
             # Only a counted stall brings the rule nearer: a healthy box's background
@@ -3293,9 +3300,10 @@ class Metrics(object):
         """Replace the file atomically (temp file in its directory + rename); True if written.
 
         A failure is one warning, repeated at most once per METRICS_WARN_EVERY_S.
-        Anything but a regular file (or a symlink) at the path is left alone:
-        the rename would replace it, and `--metrics-file /dev/null` would
-        turn the machine's /dev/null into a text file.
+        Anything but a regular file at the path is left alone: the rename
+        would replace it, and `--metrics-file /dev/null` would turn the
+        machine's /dev/null into a text file (a symlink too: /dev/stdout or
+        /etc/resolv.conf would become the metrics).
         """
         import stat as stat_module
         tmp = '%s.%d.tmp' % (self.path, os.getpid())
@@ -3304,7 +3312,7 @@ class Metrics(object):
                 mode = os.lstat(self.path).st_mode
             except FileNotFoundError:
                 mode = None
-            if mode is not None and not (stat_module.S_ISREG(mode) or stat_module.S_ISLNK(mode)):
+            if mode is not None and not stat_module.S_ISREG(mode):
                 raise OSError(errno.EEXIST, 'it is not a regular file, and each write replaces '
                               'the file: give a path such as /run/bustd/bustd.prom')
             try:

@@ -250,6 +250,11 @@ class ParseMeminfoTest(unittest.TestCase):
                                      b'HugePages_Total:  3\nbad line\n\n')
         self.assertEqual(fields, {'MemTotal': 1000, 'MemAvailable': 250, 'HugePages_Total': 3})
 
+    def test_a_number_too_long_for_any_kernel_is_skipped_not_a_traceback(self):
+        # int() of more than 4300 digits is a ValueError (Python 3.11 and later).
+        fields = bustd.parse_meminfo(b'MemTotal: ' + b'9' * 5000 + b' kB\nMemFree: 7 kB\n')
+        self.assertEqual(fields, {'MemFree': 7})
+
     def test_memory_stat_format(self):
         fields = bustd.parse_meminfo(b'cache 4096\nactive_file 8192\ntotal_rss 1\n')
         self.assertEqual(fields['active_file'], 8192)
@@ -576,6 +581,15 @@ class ThrashRuleTest(unittest.TestCase):
                 self.assertGreaterEqual(t, self.stalling_s(th))
                 self.assertLessEqual(t, 0.6 + bustd.THRASH_GROWTH_WINDOW_S + self.stalling_s(th))
 
+    def test_a_stall_counter_that_jumps_counts_no_more_than_the_time_elapsed(self):
+        th = self.th()
+        trend = bustd.Trend()
+        for i in range(10):          # demand growing fast, counter sane, then a jump
+            r = swap_reading(120 * MIB, 800 * MIB, i * 60 * MIB, 1 + (10 ** 18 if i == 9 else 0))
+            trend.add(i * 0.1, r, th.thrash_horizon_s)
+        self.assertLessEqual(trend.stall_ms(), 100)        # 0.1 s since the last sample
+        self.assertEqual(bustd.decide_rule(r, th, trend), (0, None))
+
     def test_a_burst_that_ends_is_not_killed(self):
         th = self.th()
         # Grows and stalls until 85 % of the budget is counted (after the
@@ -881,6 +895,21 @@ class FillModelTest(unittest.TestCase):
         self.addCleanup(lambda: [signal.signal(s, h) for s, h in handlers.items()])
         bustd.catch_signals(flags)
         self.assertEqual(signal.getsignal(signal.SIGCHLD), signal.SIG_DFL)
+
+    def test_the_child_holds_none_of_the_daemons_files(self):
+        # A stuck child holding the daemon's fds would keep the pidfile's lock and the
+        # pipe that tells the launching command the daemon is up.
+        read_fd, write_fd = os.pipe()
+        self.addCleanup(os.close, read_fd)
+        self.addCleanup(os.close, write_fd)
+
+        def holds_it():
+            try:
+                os.fstat(write_fd)
+                return 2.0
+            except OSError:
+                return 1.0
+        self.assertEqual(bustd.calibrate_apart(holds_it), 1.0)
 
     def test_calibration_uses_the_clock_it_is_given(self):
         ticks = iter(range(100))
@@ -5669,6 +5698,20 @@ class MetricsTest(TempDirTest):
                 self.assertIn('--metrics-file: cannot write %s (it is not a regular file' % path,
                               sink.text())
         self.assertEqual([n for n in os.listdir(self.tmp) if 'tmp' in n], [])
+
+    def test_never_replaces_a_symlink(self):
+        # `--metrics-file /dev/stdout` replaced the machine's /dev/stdout symlink.
+        target = os.path.join(self.tmp, 'target')
+        with open(target, 'w') as f:
+            f.write('keep\n')
+        link = os.path.join(self.tmp, 'stdout')
+        os.symlink(target, link)
+        log, sink = make_log()
+        self.assertFalse(bustd.Metrics(link, 'machine').write('x 1\n', log, 0.0))
+        self.assertEqual(os.readlink(link), target)
+        self.assertEqual(read_text(target), 'keep\n')
+        self.assertIn('--metrics-file: cannot write %s (it is not a regular file' % link,
+                      sink.text())
 
     def test_makes_its_directory_one_level_deep(self):
         m = bustd.Metrics(os.path.join(self.tmp, 'run-bustd', 'bustd.prom'), 'machine')
