@@ -113,6 +113,8 @@ CALIBRATE_KIB = 16 * 1024
 CALIBRATE_REPEATS = 3
 CALIBRATE_TIMEOUT_S = 5.0   # a calibration stuck in reclaim is abandoned: the cap is used
 CALIBRATE_REAP_S = 0.5      # then a SIGKILLed child is waited for this long, at most
+SELF_FD_DIR = '/proc/self/fd'   # the calibration child closes what this lists
+CLOSE_FDS_MAX = 65536           # or, unlisted, every fd below this
 FILL_SAFETY = 1.5
 FILL_FLOOR_KIB_S = 512 * 1024
 FILL_CAP_KIB_S = 8 * 1024 * 1024
@@ -1445,8 +1447,32 @@ def calibrate_fill_kib_s(size_kib=CALIBRATE_KIB, repeats=CALIBRATE_REPEATS,
     return best or None
 
 
+def close_fds_but(keep_fd, fd_dir=SELF_FD_DIR):
+    """Close every open file descriptor of this (forked) process but keep_fd.
+
+    The open ones are listed in fd_dir: closing every number up to the fd
+    limit costs one close(2) per number on Pythons before 3.10, minutes
+    with LimitNOFILE=infinity.  Without the listing, every number up to
+    CLOSE_FDS_MAX.
+    """
+    try:
+        fds = [int(name) for name in os.listdir(fd_dir) if name.isdigit()]
+    except (OSError, ValueError):
+        os.closerange(0, keep_fd)
+        os.closerange(keep_fd + 1, max(keep_fd + 1, min(os.sysconf('SC_OPEN_MAX'),
+                                                       CLOSE_FDS_MAX)))
+        return
+    for fd in fds:
+        if fd != keep_fd:
+            try:
+                os.close(fd)
+            except OSError:   # the listing's own descriptor, closed already
+                pass
+
+
 def calibrate_apart(calibrate=calibrate_fill_kib_s, timeout_s=CALIBRATE_TIMEOUT_S,
-                    stop=lambda: False, warn=lambda text: None):
+                    stop=lambda: False, warn=lambda text: None, leftover=lambda pid: None,
+                    fd_dir=SELF_FD_DIR):
     """Return calibrate() as run in a forked child, or in this process if fork fails.
 
     The mmap module the calibration needs would stay mapped in the daemon
@@ -1455,7 +1481,7 @@ def calibrate_apart(calibrate=calibrate_fill_kib_s, timeout_s=CALIBRATE_TIMEOUT_
     answered within timeout_s (a start-up in the middle of a memory crisis),
     or when stop() turns true (SIGTERM), is killed, and the answer is None:
     the universal worst case.  warn(text) says why the calibration was not
-    done as designed.
+    done as designed; leftover(pid) gets a killed child not yet reaped.
     """
     import select
     read_fd = write_fd = None
@@ -1472,13 +1498,18 @@ def calibrate_apart(calibrate=calibrate_fill_kib_s, timeout_s=CALIBRATE_TIMEOUT_
     if pid == 0:      # the child: nothing of the parent's may run here (os._exit)
         try:
             signal.set_wakeup_fd(-1)       # the parent's pipe, the parent's handlers:
-            for signum in EARLY_SIGNALS + (signal.SIGTERM,):    # a SIGTERM ends the child
-                signal.signal(signum, signal.SIG_DFL)
+            # SIGTERM and SIGINT end the child (systemctl stop signals the whole unit);
+            # SIGHUP and SIGUSR1, which never end the daemon (logrotate, a status
+            # request to the unit), must not end its calibration either.
+            for signum, action in ((signal.SIGTERM, signal.SIG_DFL),
+                                   (signal.SIGINT, signal.SIG_DFL),
+                                   (signal.SIGHUP, signal.SIG_IGN),
+                                   (signal.SIGUSR1, signal.SIG_IGN)):
+                signal.signal(signum, action)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, EARLY_SIGNALS + (signal.SIGTERM,))
             # Only its own pipe: a stuck child must not hold the daemon's (the pidfile's
             # lock, the pipe that tells the launching command the daemon is up).
-            os.closerange(0, write_fd)
-            os.closerange(write_fd + 1, os.sysconf('SC_OPEN_MAX'))
+            close_fds_but(write_fd, fd_dir)
             os.write(write_fd, repr(float(calibrate() or 0.0)).encode())
         finally:
             os._exit(0)
@@ -1502,9 +1533,14 @@ def calibrate_apart(calibrate=calibrate_fill_kib_s, timeout_s=CALIBRATE_TIMEOUT_
                 chunks.append(chunk)
     finally:
         os.close(read_fd)
-        if not _reap(pid)[0]:     # still running (stuck, or stopped): not for long
-            os.kill(pid, signal.SIGKILL)   # unreaped, the pid is still ours: never a reused one
-            _reap(pid, CALIBRATE_REAP_S)
+        # A child that answered is exiting; one that did not (stuck, stopped, or a
+        # stop) is killed.  Unreaped, the pid is still ours: never a reused one.
+        done = _reap(pid, CALIBRATE_REAP_S if answer is not None else 0)[0]
+        if not done:
+            os.kill(pid, signal.SIGKILL)
+            done = _reap(pid, CALIBRATE_REAP_S)[0]
+        if not done:      # dying slowly (a large exit under pressure): the loop reaps it
+            leftover(pid)
     if answer is not None:
         try:
             return float(answer) or None
@@ -4080,6 +4116,7 @@ class Daemon(object):
         self.near_kib = -1          # at or below this available memory: near a level
         self.armed = None
         self.next_arm = 0.0
+        self.unreaped = []          # pids of killed calibration children, reaped by the loop
 
     # -- readings -------------------------------------------------------
     def start(self):
@@ -4556,6 +4593,8 @@ class Daemon(object):
         if helpers is not None and helpers.running:
             helpers.poll()
             delay = min(delay, POLL_CEILING_S / 3)    # reap and time helpers out promptly
+        if self.unreaped:      # a calibration child that was dying slowly
+            self.unreaped = [pid for pid in self.unreaped if not _reap(pid)[0]]
         if service is not None:
             service.ping()
         if delay > 0 and not self.flags.stop:
@@ -6247,7 +6286,8 @@ def serve(daemon, caps, oom_adj, report_fd=None):
     del victim, skipped
     # Calibrate while memory may still be returned: after mlockall it could not.
     daemon.fill = FillModel(calibrate_apart(stop=lambda: daemon.flags.stop,
-                                            warn=log.warning), available_cpus())
+                                            warn=log.warning, leftover=daemon.unreaped.append),
+                            available_cpus())
     features['fill'] = daemon.fill.describe()
     release_startup_memory(calls)
     features['mlock'] = lock_memory(calls, caps, log)

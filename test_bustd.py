@@ -879,6 +879,57 @@ class FillModelTest(unittest.TestCase):
         self.assertEqual(said, ['the fill-rate calibration ended without an answer: '
                                 'assuming the fastest fill'])
 
+    def test_sighup_and_sigusr1_do_not_end_the_calibration(self):
+        # logrotate's SIGHUP, or `systemctl kill -s USR1` (every process of the unit),
+        # during start-up: they never end the daemon, nor its calibration.
+        def signalled():
+            os.kill(os.getpid(), signal.SIGHUP)
+            os.kill(os.getpid(), signal.SIGUSR1)
+            return 1234.0
+        said = []
+        self.assertEqual(bustd.calibrate_apart(signalled, timeout_s=20, warn=said.append),
+                         1234.0)
+        self.assertEqual(said, [])
+
+    def test_the_child_closes_what_is_open_whatever_the_fd_limit(self):
+        # LimitNOFILE=infinity: closing every number up to the limit costs one
+        # close(2) per number on Pythons before 3.10, minutes in all.
+        from unittest import mock
+        real_sysconf = os.sysconf
+        huge = 1073741816
+        low_fd, high_fd = os.open(os.devnull, os.O_RDONLY), 3000    # inherited, high
+        os.dup2(low_fd, high_fd)    # (returns None on Python 3.6)
+        os.close(low_fd)
+        self.addCleanup(os.close, high_fd)
+
+        def sysconf(name):
+            return huge if name == 'SC_OPEN_MAX' else real_sysconf(name)
+
+        def open_fds():   # the child's pipe, and the listing's own descriptor
+            return float(len(os.listdir('/proc/self/fd')))
+        said = []
+        with mock.patch.object(os, 'sysconf', sysconf):
+            self.assertEqual(bustd.calibrate_apart(open_fds, timeout_s=60, warn=said.append),
+                             2.0)
+            # Without a listing (no /proc): every number below CLOSE_FDS_MAX.
+            self.assertEqual(bustd.calibrate_apart(open_fds, timeout_s=60, warn=said.append,
+                                                   fd_dir='/nonexistent/fd'), 2.0)
+        self.assertEqual(said, [])
+
+    def test_a_child_that_dies_slowly_is_left_for_the_loop_to_reap(self):
+        from unittest import mock
+        stuck, child = self.stuck_calibration()
+        left = []
+        with mock.patch.object(bustd, '_reap', lambda pid, patience_s=0: (0, 0)):
+            self.assertIsNone(bustd.calibrate_apart(stuck, timeout_s=1, leftover=left.append))
+        self.assertEqual(left, [child()])          # SIGKILLed, still ours: not reused
+        self.addCleanup(bustd._reap, child(), 30)
+
+        def a_zombie():
+            st = bustd.parse_stat(bustd.read_small('/proc/%d/stat' % child()) or b'')
+            return st is not None and st.state == 'Z'
+        self.assertTrue(wait_until(a_zombie, 30))
+
     def test_an_inherited_ignored_sigchld_neither_fails_nor_kills_a_stranger(self):
         code = ('import signal, sys; signal.signal(signal.SIGCHLD, signal.SIG_IGN); '
                 'sys.path.insert(0, %r); import bustd; '
@@ -1983,6 +2034,18 @@ class IdleLoopTest(TempDirTest):
         d, slept = self.daemon(stop_on_second)
         d.idle(0.01, 100.0)
         self.assertEqual(len(slept), 2)
+
+    def test_the_loop_reaps_a_calibration_child_left_dying(self):
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        self.addCleanup(lambda: bustd._reap(pid))
+        self.assertTrue(wait_until(lambda: not alive(pid)))    # a zombie, still ours
+        d, slept = self.daemon(lambda n, d: None)
+        d.unreaped.append(pid)
+        d.poll_once()
+        self.assertEqual(d.unreaped, [])
+        self.assertRaises(ChildProcessError, os.waitpid, pid, os.WNOHANG)
 
     def test_a_far_sleeper_is_released_whichever_way_the_loop_ends(self):
         class Sleeper(object):
