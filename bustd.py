@@ -1458,9 +1458,11 @@ def close_fds_but(keep_fd, fd_dir=SELF_FD_DIR):
     try:
         fds = [int(name) for name in os.listdir(fd_dir) if name.isdigit()]
     except (OSError, ValueError):
+        limit = os.sysconf('SC_OPEN_MAX')
+        if limit < 0:      # "no limit"
+            limit = CLOSE_FDS_MAX
         os.closerange(0, keep_fd)
-        os.closerange(keep_fd + 1, max(keep_fd + 1, min(os.sysconf('SC_OPEN_MAX'),
-                                                       CLOSE_FDS_MAX)))
+        os.closerange(keep_fd + 1, max(keep_fd + 1, min(limit, CLOSE_FDS_MAX)))
         return
     for fd in fds:
         if fd != keep_fd:

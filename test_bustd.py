@@ -914,6 +914,11 @@ class FillModelTest(unittest.TestCase):
             # Without a listing (no /proc): every number below CLOSE_FDS_MAX.
             self.assertEqual(bustd.calibrate_apart(open_fds, timeout_s=60, warn=said.append,
                                                    fd_dir='/nonexistent/fd'), 2.0)
+        # sysconf's "no limit" (-1): still every number below CLOSE_FDS_MAX.
+        with mock.patch.object(os, 'sysconf', lambda name: -1 if name == 'SC_OPEN_MAX'
+                               else real_sysconf(name)):
+            self.assertEqual(bustd.calibrate_apart(open_fds, timeout_s=60, warn=said.append,
+                                                   fd_dir='/nonexistent/fd'), 2.0)
         self.assertEqual(said, [])
 
     def test_a_child_that_dies_slowly_is_left_for_the_loop_to_reap(self):
@@ -921,9 +926,11 @@ class FillModelTest(unittest.TestCase):
         stuck, child = self.stuck_calibration()
         left = []
         with mock.patch.object(bustd, '_reap', lambda pid, patience_s=0: (0, 0)):
-            self.assertIsNone(bustd.calibrate_apart(stuck, timeout_s=1, leftover=left.append))
+            self.assertIsNone(bustd.calibrate_apart(stuck, timeout_s=2, leftover=left.append))
+        for pid in left:                            # our own child: reaped whatever happens
+            self.addCleanup(bustd._reap, pid, 30)
+        self.assertTrue(wait_until(lambda: child() != 0))
         self.assertEqual(left, [child()])          # SIGKILLed, still ours: not reused
-        self.addCleanup(bustd._reap, child(), 30)
 
         def a_zombie():
             st = bustd.parse_stat(bustd.read_small('/proc/%d/stat' % child()) or b'')
