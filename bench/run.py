@@ -1504,8 +1504,9 @@ def section_wakeup(opts):
                'context switches (one per sleep).  Minimal loop: `python3 -I -S`, sysinfo(2) '
                'through ctypes and `time.sleep(period)`, nothing else.  bustd.py: `bustd.main'
                '([\'-n\'])` in `python3 -I -S` with `sleep_time_s` replaced by the constant '
-               'period (the real loop: poll(2) on the signal pipe and the PSI trigger, the '
-               'cheap reading, the fill-rate model, a full step every %g s).  Median (min–max) '
+               'period (the real loop: far from every level, one rt_sigtimedwait(2) on its '
+               'signals, the cheap reading, the fill-rate model; a full step every %g s).  '
+               'Median (min–max) '
                'µs of CPU per wake-up.' % (opts.wakeup_s, opts.wakeup_reps,
                                            import_bustd().IDLE_STEP_EVERY_S))
     out.append('')
