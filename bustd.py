@@ -549,7 +549,10 @@ def parse_stat(data):
     if open_paren < 0 or close_paren < open_paren:
         return None
     fields = data[close_paren + 2:].split()
-    if len(fields) < 22:
+    # A kernel number has at most 20 characters; a longer one (a hostile --proc
+    # tree) would overflow the floats that sizes are printed with.
+    if len(fields) < 22 or open_paren > 21 or any(
+            len(fields[i]) > 20 for i in (1, 2, 3, 6, 19, 21)):
         return None
     try:
         return ProcStat(
@@ -2895,6 +2898,9 @@ DEFAULT_NOTIFY_BODY = ('bustd: killed {name} (pid {pid}) to free {rss}; '
 TEMPLATE_EXAMPLE = {'name': 'hog', 'pid': 4242, 'uid': 1000, 'user': 'alice',
                     'rss': '1.5 GiB', 'signal': 'SIGTERM', 'mem_percent': '4.8',
                     'cmdline': 'hog --eat'}
+# The largest pid (PID_MAX_LIMIT) and uid: {pid:c} formats 4242 but not every pid.
+TEMPLATE_EXAMPLE_LARGEST = dict(TEMPLATE_EXAMPLE, pid=4194304, uid=4294967294)
+TEMPLATE_MAX_CHARS = 4096   # rendered: a notification, not megabytes built at each kill
 WARN_TITLE = 'bustd: memory is low'
 WARN_BODY = 'Only {mem_percent}% of memory is available: save your work.'
 
@@ -4951,13 +4957,16 @@ def _template(text):
                                             for n in re.findall(r'[0-9]+', spec))):
                 raise ValueError('{%s:%s}: a nested field, or a width or precision above '
                                  '999' % (field, printable(spec, 40)))
-        text.format_map(TEMPLATE_EXAMPLE)
+        text.format_map(TEMPLATE_EXAMPLE_LARGEST)
+        if len(text.format_map(TEMPLATE_EXAMPLE)) > TEMPLATE_MAX_CHARS:
+            raise ValueError('it renders to more than %d characters' % TEMPLATE_MAX_CHARS)
     except KeyError as exc:
         raise ValueError('unknown field {%s}; use %s (plain names, a format spec may follow '
                          'a colon: {pid:>7})' % (exc.args[0], ' '.join(
                              '{%s}' % f for f in TEMPLATE_FIELDS)))
-    except (ValueError, IndexError, AttributeError, TypeError) as exc:
-        raise ValueError('bad template %r: %s; write fields as {name}' % (text, exc))
+    except (ValueError, IndexError, AttributeError, TypeError, OverflowError) as exc:
+        raise ValueError('bad template %r: %s; write fields as {name}'
+                         % (printable(text, 80), exc))
     return text
 
 
@@ -5680,11 +5689,25 @@ def run_install_steps(steps, dry_run, out, proc='/proc', run=None, root='/'):
 
     Each step prints one line before it acts.  The first failure stops
     the run with exit status 1, and so does a path of the tree at `root`
-    whose directory resolves outside it.
+    whose directory resolves outside it.  Output that fails (`| head -1`)
+    does not stop an install half-done (the old daemon stopped, the new one
+    never started): the steps go on, a failure goes to stderr, and the
+    OutputFailed is raised at the end.
     """
+    lost = []     # the OutputFailed that ended the output, if it did
+
     def say(text):
-        out.write(text + '\n')
-        out.flush()
+        if lost:
+            if text.startswith(PROG + ': '):   # a failure: still said, on stderr
+                _stderr(text[len(PROG) + 2:])
+            return
+        try:
+            out.write(text + '\n')
+            out.flush()
+        except OutputFailed as exc:
+            if dry_run:      # nothing done: nothing to finish
+                raise
+            lost.append(exc)
     prefix = 'would ' if dry_run else ''
     for step in steps:
         if step.kind == 'say':
@@ -5720,6 +5743,8 @@ def run_install_steps(steps, dry_run, out, proc='/proc', run=None, root='/'):
         except (OSError, EnvironmentProblem) as exc:
             say('%s: failed: %s' % (PROG, getattr(exc, 'strerror', None) or exc))
             return EXIT_ENV
+    if lost:
+        raise lost[0]
     return EXIT_OK
 
 

@@ -236,6 +236,14 @@ class ParseStatTest(unittest.TestCase):
             with self.subTest(data=data):
                 self.assertIsNone(bustd.parse_stat(data))
 
+    def test_a_number_longer_than_any_kernel_prints_is_malformed(self):
+        # 20 characters is the longest (a signed 64-bit minimum); 320 digits of RSS
+        # overflowed the float its size is printed with: a traceback at start-up.
+        self.assertIsNotNone(bustd.parse_stat(stat_line(42, 'w', rss_pages=10 ** 19)))
+        self.assertIsNone(bustd.parse_stat(stat_line(42, 'w', rss_pages=10 ** 320)))
+        self.assertIsNone(bustd.parse_stat(stat_line(42, 'w', starttime=10 ** 40)))
+        self.assertIsNone(bustd.parse_stat(stat_line(10 ** 30, 'w')))
+
     def test_real_stat_of_this_process(self):
         with open('/proc/self/stat', 'rb') as f:
             st = bustd.parse_stat(f.read())
@@ -1011,6 +1019,15 @@ class MachineSensorTest(TempDirTest):
         sensor.check()
         sensor.read_reserve()
         self.assertEqual(sensor.reserve_kib, 1000 * os.sysconf('SC_PAGE_SIZE') // 1024)
+
+    def test_a_huge_rss_in_a_proc_tree_is_no_traceback(self):
+        self.proc.add(201, 'big', rss_pages=10 ** 320)     # --list: nothing is signalled
+        self.proc.add(202, 'small')
+        out = run_cli('--list', '--proc', self.proc.root, timeout=30)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertNotIn('Traceback', out.stderr)
+        self.assertIn('small', out.stdout)
+        self.assertNotIn('big', out.stdout)
 
     def test_a_fifo_in_the_proc_tree_does_not_hang(self):
         fifo = os.path.join(self.tmp, 'meminfo')
@@ -3294,6 +3311,13 @@ CLI_CASES = [
      '{mem_percent:.99999999999}'),
     (2, '--notify-body: bad template', '--notify', '--notify-body', '{pid:{uid}}'),
     (0, '', '--notify', '--notify-body', '{pid:0999} {name:.12} {rss:>10}'),
+    # Megabytes built at each kill, and too long for notify-send's argv anyway.
+    (2, '--notify-body: bad template', '--notify', '--notify-body', '{pid:999}' * 5000),
+    (2, '--notify-title: bad template', '--notify', '--notify-title', '{name:900}' * 5),
+    (0, '', '--notify', '--notify-title', '{name:900}' * 4),
+    # {pid:c} formats 4242, but not a pid above 0x10FFFF (an error at every kill).
+    (2, '--notify-body: bad template', '--notify', '--notify-body', '{pid:c}'),
+    (2, '--notify-title: bad template', '--notify', '--notify-title', '{uid:c}'),
     (0, '', '--warn', '50'),
     (0, '', '-r', '60'),
     (0, '', '-r', '0'),
@@ -6269,6 +6293,40 @@ class InstallTest(TempDirTest):
         self.assertEqual(status, 1)
         self.assertEqual(sorted(tree(root)), ['a'])
         self.assertIn('failed: systemctl exited with status 1', out.getvalue())
+
+    def test_output_that_fails_does_not_stop_an_install_half_done(self):
+        # `bustd --install | head -1`: the old daemon stopped, the new one never
+        # started, the machine without an OOM killer.
+        root = self.root('systemd')
+
+        class Closed(object):       # a reader that read one line and left
+            def __init__(self):
+                self.lines = 0
+
+            def write(self, text):
+                self.lines += 1
+                if self.lines > 1:
+                    raise bustd.OutputFailed(OSError(errno.EPIPE, 'Broken pipe'))
+
+            def flush(self):
+                pass
+        ran = []
+        steps = [bustd.InstallStep('write', os.path.join(root, 'a'), 'x'),
+                 bustd.InstallStep('run', argv=['systemctl', 'restart', 'bustd']),
+                 bustd.InstallStep('write', os.path.join(root, 'b'), 'x')]
+        with self.assertRaises(bustd.OutputFailed):
+            bustd.run_install_steps(steps, False, Closed(), run=lambda argv: ran.append(argv) or 0)
+        self.assertEqual(sorted(tree(root)), ['a', 'b'])
+        self.assertEqual(ran, [['systemctl', 'restart', 'bustd']])
+        # A dry run has done nothing: it stops at once.
+        with self.assertRaises(bustd.OutputFailed):
+            bustd.run_install_steps(steps, True, Closed())
+        # End to end: exit as `--list | head` does, the install complete.
+        out = subprocess.run('"%s" "%s" --install --root "%s" --init systemd | head -1'
+                             % (sys.executable, BUSTD, root), shell=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+        self.assertEqual(out.stderr, b'')
+        self.assertIn('etc/systemd/system/bustd.service', tree(root))
 
     def test_a_symlink_in_the_tree_never_leads_outside_it(self):
         # An image's absolute symlink means its own /etc, but here it is the host's.
