@@ -5696,6 +5696,12 @@ def run_install_steps(steps, dry_run, out, proc='/proc', run=None, root='/'):
     """
     lost = []     # the OutputFailed that ended the output, if it did
 
+    def failed():
+        if lost:      # the install failed too: that sets the exit status
+            lost[0].status = EXIT_ENV
+            raise lost[0]
+        return EXIT_ENV
+
     def say(text):
         if lost:
             if text.startswith(PROG + ': '):   # a failure: still said, on stderr
@@ -5718,7 +5724,7 @@ def run_install_steps(steps, dry_run, out, proc='/proc', run=None, root='/'):
             say('%s: --root %s: %s resolves to %s, outside the tree (a symlink in it); '
                 'not touching it: fix the link or give --root a tree without it' % (
                     PROG, root, os.path.dirname(step.path), escape))
-            return EXIT_ENV
+            return failed()
         if step.kind == 'write':
             say('%swrite %s (mode %o)' % (prefix, step.path, step.mode))
         elif step.kind == 'link':
@@ -5742,7 +5748,7 @@ def run_install_steps(steps, dry_run, out, proc='/proc', run=None, root='/'):
             _do_install_step(step, proc, run or _run_command)
         except (OSError, EnvironmentProblem) as exc:
             say('%s: failed: %s' % (PROG, getattr(exc, 'strerror', None) or exc))
-            return EXIT_ENV
+            return failed()
     if lost:
         raise lost[0]
     return EXIT_OK
@@ -5883,6 +5889,7 @@ def install_main(settings, out=None, euid=None):
     out.write('%s: %s%s for %s %s %s\n' % (
         PROG, settings.install, ' (dry run)' if settings.dry_run else '', flavour,
         'into' if settings.install == 'install' else 'from', root))
+    out.flush()    # a failed write is OutputFailed here, not an error at exit
     return run_install_steps(steps, settings.dry_run, out, root=root)
 
 
@@ -6114,7 +6121,9 @@ def _stdout():
 
 
 class OutputFailed(Exception):
-    """A write to stdout failed (args[0]: the OSError), as opposed to an install step."""
+    """A write to stdout failed (args[0]: the OSError), as opposed to an install step;
+    `status`: the exit status when an install step failed as well."""
+    status = None
 
 
 class CheckedOutput(object):
@@ -6160,7 +6169,8 @@ def dispatch(settings, flags=None):
         try:
             return install_main(settings, CheckedOutput(_stdout()))
         except OutputFailed as failed:
-            return _stdout_failed(failed.args[0])
+            status = _stdout_failed(failed.args[0])
+            return failed.status or status
         except OSError as exc:      # _stdout(): fd 1 was closed
             return _stdout_failed(exc)
     if not sys.platform.startswith('linux'):

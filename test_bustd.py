@@ -6318,6 +6318,10 @@ class InstallTest(TempDirTest):
             bustd.run_install_steps(steps, False, Closed(), run=lambda argv: ran.append(argv) or 0)
         self.assertEqual(sorted(tree(root)), ['a', 'b'])
         self.assertEqual(ran, [['systemctl', 'restart', 'bustd']])
+        # A step that fails after the output did: exit 1 (the install failed).
+        with self.assertRaises(bustd.OutputFailed) as caught:
+            bustd.run_install_steps(steps, False, Closed(), run=lambda argv: 1)
+        self.assertEqual(caught.exception.status, 1)
         # A dry run has done nothing: it stops at once.
         with self.assertRaises(bustd.OutputFailed):
             bustd.run_install_steps(steps, True, Closed())
@@ -6327,6 +6331,18 @@ class InstallTest(TempDirTest):
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
         self.assertEqual(out.stderr, b'')
         self.assertIn('etc/systemd/system/bustd.service', tree(root))
+        # ... and when a step fails too: exit 1, the failure on stderr, no error at exit.
+        blocked = self.root('none')
+        os.makedirs(os.path.join(blocked, 'usr/local/sbin/bustd'))   # a directory: unwritable
+        env = dict(os.environ)
+        env.pop('PYTHONUNBUFFERED', None)
+        out = subprocess.run(['bash', '-c', '"$@" | head -1 > /dev/null; exit ${PIPESTATUS[0]}',
+                              'sh', sys.executable, BUSTD, '--install', '--root', blocked,
+                              '--init', 'none'], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, env=env, timeout=60)
+        self.assertEqual(out.returncode, 1, out.stderr)
+        self.assertNotIn(b'Exception', out.stderr)
+        self.assertNotIn(b'Traceback', out.stderr)
 
     def test_a_symlink_in_the_tree_never_leads_outside_it(self):
         # An image's absolute symlink means its own /etc, but here it is the host's.
